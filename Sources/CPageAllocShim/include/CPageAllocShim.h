@@ -1,0 +1,39 @@
+#ifndef CPAGEALLOC_SHIM_H
+#define CPAGEALLOC_SHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+// sched_getcpu is declared by glibc only under _GNU_SOURCE, which the Swift importer does
+// not see for this header; declare it ourselves so the inline wrapper costs nothing.
+extern int sched_getcpu(void);
+
+/// A per-thread CPU override (-1 when unset): lets tests and benchmarks pin a thread to a
+/// logical CPU's pcp set without touching the real affinity.
+extern _Thread_local int cpa_cpu_override;
+
+/// The CPU this thread runs on (glibc reads it from rseq), or 0 if unknown.
+static inline int cpa_current_cpu(void) {
+  int o = cpa_cpu_override;
+  if (o >= 0) return o;
+  int c = sched_getcpu();
+  return c < 0 ? 0 : c;
+}
+
+/// memfd_create(name, MFD_CLOEXEC); -1 and errno on failure.
+int cpa_memfd_create(const char *name);
+
+/// fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len).
+int cpa_punch_hole(int fd, off_t offset, off_t len);
+
+/// Number of online CPUs.
+int cpa_online_cpus(void);
+
+/// Sets this thread's CPU override (-1 clears it).
+void cpa_set_thread_cpu_override(int cpu);
+
+/// The current thread's errno.
+int cpa_errno(void);
+
+#endif

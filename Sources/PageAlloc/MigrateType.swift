@@ -1,0 +1,70 @@
+/// The kernel's `enum migratetype`: what a pageblock holds, which free list a block sits on.
+public enum MigrateType: Int, CaseIterable, Sendable, CustomStringConvertible {
+  case unmovable = 0
+  case movable = 1
+  case reclaimable = 2
+  /// `MIGRATE_HIGHATOMIC` (= `MIGRATE_PCPTYPES`).
+  case highAtomic = 3
+  case cma = 4
+  case isolate = 5
+
+  /// `MIGRATE_PCPTYPES`: the types with per-CPU lists.
+  public static let pcpTypes = 3
+  /// `MIGRATE_TYPES`.
+  public static let count = 6
+
+  /// The name the kernel prints in /proc/pagetypeinfo.
+  public var description: String {
+    switch self {
+    case .unmovable: "Unmovable"
+    case .movable: "Movable"
+    case .reclaimable: "Reclaimable"
+    case .highAtomic: "HighAtomic"
+    case .cma: "CMA"
+    case .isolate: "Isolate"
+    }
+  }
+
+  /// `migratetype_is_mergeable()`: only the pcp types merge across pageblocks.
+  @inlinable public var isMergeable: Bool { rawValue < MigrateType.pcpTypes }
+
+  /// The kernel's fallback table (`fallbacks[]`): where an allocation of this type may steal.
+  public var fallbacks: [MigrateType] {
+    switch self {
+    case .unmovable: [.reclaimable, .movable]
+    case .movable: [.reclaimable, .unmovable]
+    case .reclaimable: [.unmovable, .movable]
+    default: []
+    }
+  }
+}
+
+/// The zone types of `enum zone_type` that PageAlloc models.
+public enum ZoneKind: Int, CaseIterable, Sendable, Comparable, CustomStringConvertible {
+  case dma = 0
+  case dma32 = 1
+  case normal = 2
+  case movable = 3
+
+  public static func < (a: ZoneKind, b: ZoneKind) -> Bool { a.rawValue < b.rawValue }
+
+  /// The name the kernel prints ("DMA", "DMA32", "Normal", "Movable").
+  public var description: String {
+    switch self {
+    case .dma: "DMA"
+    case .dma32: "DMA32"
+    case .normal: "Normal"
+    case .movable: "Movable"
+    }
+  }
+
+  /// `sysctl_lowmem_reserve_ratio` defaults (0 means no reserve).
+  var lowmemReserveRatio: Int {
+    switch self {
+    case .dma: 256
+    case .dma32: 256
+    case .normal: 32
+    case .movable: 0
+    }
+  }
+}

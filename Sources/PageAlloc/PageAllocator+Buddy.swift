@@ -1,0 +1,309 @@
+import Synchronization
+
+// The zone's free lists and the buddy algorithm: everything here runs under zone->lock.
+
+extension PageAllocator {
+  /// `__add_to_free_list()` + `account_freepages()`: puts a free block on a list.
+  @inlinable @inline(__always)
+  func addToFreeList(_ z: UnsafeMutablePointer<Zone>, _ pfn: Int, _ order: Int, _ mt: Int, tail: Bool) {
+    let r = memMap.presentRecord(pfn)
+    r.pointee.flags.store(PG.word(flags: PG.buddy, order: order), ordering: .relaxed)
+    let l = z.pointee.lists + listIndex(order, mt)
+    let p = UInt32(truncatingIfNeeded: pfn)
+    if tail {
+      r.pointee.next = PageRecord.nilLink
+      r.pointee.prev = l.pointee.tail
+      if l.pointee.tail != PageRecord.nilLink {
+        memMap.presentRecord(Int(l.pointee.tail)).pointee.next = p
+      } else {
+        l.pointee.head = p
+      }
+      l.pointee.tail = p
+    } else {
+      r.pointee.prev = PageRecord.nilLink
+      r.pointee.next = l.pointee.head
+      if l.pointee.head != PageRecord.nilLink {
+        memMap.presentRecord(Int(l.pointee.head)).pointee.prev = p
+      } else {
+        l.pointee.tail = p
+      }
+      l.pointee.head = p
+    }
+    l.pointee.count &+= 1
+    if mt != MigrateType.isolate.rawValue {
+      z.pointee.nrFreePages.store(
+        z.pointee.nrFreePages.load(ordering: .relaxed) &+ (1 &<< order), ordering: .relaxed)
+    }
+  }
+
+  /// `__del_page_from_free_list()`: unlinks a free block and clears PageBuddy.
+  @inlinable @inline(__always)
+  func delFromFreeList(_ z: UnsafeMutablePointer<Zone>, _ pfn: Int, _ order: Int, _ mt: Int) {
+    let r = memMap.presentRecord(pfn)
+    let l = z.pointee.lists + listIndex(order, mt)
+    let next = r.pointee.next
+    let prev = r.pointee.prev
+    if prev != PageRecord.nilLink { memMap.presentRecord(Int(prev)).pointee.next = next } else { l.pointee.head = next }
+    if next != PageRecord.nilLink { memMap.presentRecord(Int(next)).pointee.prev = prev } else { l.pointee.tail = prev }
+    l.pointee.count &-= 1
+    r.pointee.flags.store(0, ordering: .relaxed)
+    if mt != MigrateType.isolate.rawValue {
+      z.pointee.nrFreePages.store(
+        z.pointee.nrFreePages.load(ordering: .relaxed) &- (1 &<< order), ordering: .relaxed)
+    }
+  }
+
+  /// Moves a free block to another migratetype's list (`move_to_free_list()`).
+  @usableFromInline
+  func moveFreeBlock(_ z: UnsafeMutablePointer<Zone>, _ pfn: Int, _ order: Int, from: Int, to: Int) {
+    delFromFreeList(z, pfn, order, from)
+    addToFreeList(z, pfn, order, to, tail: true)
+  }
+
+  /// Whether `pfn` (in zone `z`) is the head of a free buddy block of exactly `order`
+  /// (`page_is_buddy()`).
+  @inlinable @inline(__always)
+  func isBuddy(_ z: UnsafeMutablePointer<Zone>, _ pfn: Int, _ order: Int) -> Bool {
+    if pfn < z.pointee.start || pfn >= z.pointee.end { return false }
+    guard let r = memMap.record(pfn) else { return false }
+    return r.pointee.flags.load(ordering: .relaxed) == PG.word(flags: PG.buddy, order: order)
+  }
+
+  /// `__free_one_page()`: frees a block, merging with its buddies as far as allowed.
+  ///
+  /// The block's migratetype is read here, under the zone lock. Merging stops at
+  /// MAX_PAGE_ORDER, at a buddy that is not a free block of the same order in this zone,
+  /// and at pageblock order and above when either side's type is not mergeable (HighAtomic,
+  /// CMA, Isolate); two different mergeable types merge and the buddy's pageblocks take
+  /// the freeing block's type. The result goes to the list tail when its next-higher buddy
+  /// is free (`buddy_merge_likely()`), to the head otherwise.
+  @inlinable
+  func freeOneBlock(_ z: UnsafeMutablePointer<Zone>, _ pfnIn: Int, _ orderIn: Int, _ mtIn: Int) {
+    var pfn = pfnIn
+    var order = orderIn
+    let mt = mtIn
+    while order < PageGeometry.maxOrder {
+      let buddy = pfn ^ (1 &<< order)
+      if !isBuddy(z, buddy, order) { break }
+      var buddyMt = mt
+      if order >= PageGeometry.pageblockOrder {
+        buddyMt = memMap.freeListTypeRaw(buddy)
+        if buddyMt != mt
+          && (mt >= MigrateType.pcpTypes || buddyMt >= MigrateType.pcpTypes)
+        {
+          break
+        }
+      }
+      delFromFreeList(z, buddy, order, buddyMt)
+      if buddyMt != mt {
+        // Re-type the buddy's pageblocks to ours (both are mergeable).
+        var b = buddy
+        while b < buddy &+ (1 &<< order) {
+          memMap.setMigrateType(b, MigrateType(rawValue: mt)!)
+          b &+= PageGeometry.pageblockPages
+        }
+      }
+      pfn &= buddy
+      order &+= 1
+    }
+    var toTail = false
+    if order < PageGeometry.maxOrder &- 1 {
+      let higher = (pfn ^ (1 &<< order)) & ~((1 &<< (order &+ 1)) &- 1)
+      let higherBuddy = higher ^ (1 &<< (order &+ 1))
+      toTail = isBuddy(z, higherBuddy, order &+ 1)
+    }
+    addToFreeList(z, pfn, order, mt, tail: toTail)
+  }
+
+  /// `free_one_page()` + `split_large_buddy()`: a block freed straight to the buddy, in
+  /// pageblock pieces when it is larger than a pageblock, each with its own migratetype.
+  @inlinable
+  func zoneFreeBlockLocked(_ z: UnsafeMutablePointer<Zone>, _ pfn: Int, _ order: Int) {
+    if order > PageGeometry.pageblockOrder {
+      var p = pfn
+      let end = pfn &+ (1 &<< order)
+      while p < end {
+        freeOneBlock(z, p, PageGeometry.pageblockOrder, memMap.freeListTypeRaw(p))
+        p &+= PageGeometry.pageblockPages
+      }
+    } else {
+      freeOneBlock(z, pfn, order, memMap.freeListTypeRaw(pfn))
+    }
+    z.pointee.pgfree &+= 1 &<< order
+  }
+
+  /// `free_one_page()`: takes the zone lock.
+  @inlinable
+  func zoneFreeBlock(_ z: UnsafeMutablePointer<Zone>, _ pfn: Int, _ order: Int) {
+    z.pointee.lock.lock()
+    zoneFreeBlockLocked(z, pfn, order)
+    z.pointee.lock.unlock()
+  }
+
+  /// `expand()`: splits a block of order `high` taken at `pfn` down to `low`, returning
+  /// the upper halves to the free lists of `mt`.
+  @inlinable @inline(__always)
+  func expand(_ z: UnsafeMutablePointer<Zone>, _ pfn: Int, _ low: Int, _ high: Int, _ mt: Int) {
+    var h = high
+    while h > low {
+      h &-= 1
+      addToFreeList(z, pfn &+ (1 &<< h), h, mt, tail: false)
+    }
+  }
+
+  /// `__rmqueue_smallest()`: the smallest free block of at least `order` in `mt`'s lists.
+  @inlinable
+  func rmqueueSmallest(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ mt: Int) -> Int? {
+    var o = order
+    while o <= PageGeometry.maxOrder {
+      let head = z.pointee.lists[listIndex(o, mt)].head
+      if head != PageRecord.nilLink {
+        let pfn = Int(head)
+        delFromFreeList(z, pfn, o, mt)
+        expand(z, pfn, order, o, mt)
+        traceZoneLocked(pfn, order, mt)
+        return pfn
+      }
+      o &+= 1
+    }
+    return nil
+  }
+
+  /// `__rmqueue()`: the requested type, then claiming a whole block of a fallback type,
+  /// then stealing a single block.
+  @inlinable
+  func rmqueue(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ mt: Int) -> Int? {
+    if let p = rmqueueSmallest(z, order, mt) { return p }
+    if mt >= MigrateType.pcpTypes { return nil }
+    if let p = rmqueueClaim(z, order, mt) { return p }
+    return rmqueueSteal(z, order, mt)
+  }
+
+  /// `can_claim_block()`'s order test (`should_try_claim_block`).
+  @usableFromInline
+  func canClaim(_ order: Int, _ startMt: Int) -> Bool {
+    if order >= PageGeometry.pageblockOrder { return true }
+    if order >= PageGeometry.pageblockOrder / 2 { return true }
+    return startMt == MigrateType.reclaimable.rawValue || startMt == MigrateType.unmovable.rawValue
+  }
+
+  /// `__rmqueue_claim()`: the largest block of a fallback type whose pageblock can be
+  /// claimed for `startMt`.
+  @usableFromInline
+  func rmqueueClaim(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ startMt: Int) -> Int? {
+    let fallbacks = MigrateType(rawValue: startMt)!.fallbacks
+    var current = PageGeometry.maxOrder
+    while current >= order {
+      for fb in fallbacks {
+        let head = z.pointee.lists[listIndex(current, fb.rawValue)].head
+        if head == PageRecord.nilLink { continue }
+        if !canClaim(current, startMt) { return nil }
+        if let p = tryClaimBlock(z, Int(head), current, order, startMt, fb.rawValue) {
+          z.pointee.fallbackAllocs &+= 1
+          return p
+        }
+        break
+      }
+      current -= 1
+    }
+    return nil
+  }
+
+  /// `try_to_claim_block()`.
+  @usableFromInline
+  func tryClaimBlock(
+    _ z: UnsafeMutablePointer<Zone>, _ pfn: Int, _ current: Int, _ order: Int, _ startMt: Int,
+    _ blockMt: Int
+  ) -> Int? {
+    if current >= PageGeometry.pageblockOrder {
+      delFromFreeList(z, pfn, current, blockMt)
+      var b = pfn
+      while b < pfn + (1 << current) {
+        memMap.setMigrateType(b, MigrateType(rawValue: startMt)!)
+        z.pointee.pageblocksClaimed += 1
+        b += PageGeometry.pageblockPages
+      }
+      expand(z, pfn, order, current, startMt)
+      return pfn
+    }
+    // Count the free pages of the pageblock (prep_move_freepages_block). Pages in use
+    // are never counted as movable: PageAlloc has no LRU.
+    let start = max(pfn & ~(PageGeometry.pageblockPages - 1), z.pointee.start)
+    let end = min(start + PageGeometry.pageblockPages, z.pointee.end)
+    var free = 0
+    var p = start
+    while p < end {
+      guard let r = memMap.record(p) else { p += 1; continue }
+      let w = r.pointee.flags.load(ordering: .relaxed)
+      if w & PG.buddy != 0 {
+        let o = PG.order(w)
+        free += 1 << o
+        p += 1 << o
+      } else {
+        p += 1
+      }
+    }
+    var alike = 0
+    if startMt == MigrateType.movable.rawValue {
+      alike = 0
+    } else if blockMt == MigrateType.movable.rawValue {
+      alike = PageGeometry.pageblockPages - free
+    }
+    guard free + alike >= PageGeometry.pageblockPages / 2 else { return nil }
+    // __move_freepages_block(): move every free block of the pageblock, then re-type it.
+    p = start
+    while p < end {
+      guard let r = memMap.record(p) else { p += 1; continue }
+      let w = r.pointee.flags.load(ordering: .relaxed)
+      if w & PG.buddy != 0 {
+        let o = PG.order(w)
+        moveFreeBlock(z, p, o, from: blockMt, to: startMt)
+        p += 1 << o
+      } else {
+        p += 1
+      }
+    }
+    memMap.setMigrateType(start, MigrateType(rawValue: startMt)!)
+    z.pointee.pageblocksClaimed += 1
+    return rmqueueSmallest(z, order, startMt)
+  }
+
+  /// `__rmqueue_steal()`: the smallest fallback block, without claiming its pageblock.
+  @usableFromInline
+  func rmqueueSteal(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ startMt: Int) -> Int? {
+    let fallbacks = MigrateType(rawValue: startMt)!.fallbacks
+    for current in order...PageGeometry.maxOrder {
+      for fb in fallbacks {
+        let head = z.pointee.lists[listIndex(current, fb.rawValue)].head
+        if head == PageRecord.nilLink { continue }
+        let pfn = Int(head)
+        delFromFreeList(z, pfn, current, fb.rawValue)
+        expand(z, pfn, order, current, fb.rawValue)
+        z.pointee.fallbackAllocs += 1
+        traceZoneLocked(pfn, order, fb.rawValue)
+        return pfn
+      }
+    }
+    return nil
+  }
+
+  /// `find_large_buddy()`-style search: the head of the free buddy block that contains
+  /// `pfn`, with its order, or nil. Lock-free reads: exact only under the zone lock; a
+  /// caller that owns `pfn` never sees a false positive.
+  @inlinable
+  func freeBlockContaining(_ pfn: Int) -> (head: Int, order: Int, onPcp: Bool)? {
+    var o = 0
+    while o <= PageGeometry.maxOrder {
+      let h = pfn & ~((1 &<< o) &- 1)
+      if let r = memMap.record(h) {
+        let w = r.pointee.flags.load(ordering: .relaxed)
+        if w & PG.freeMask != 0 && PG.order(w) >= o {
+          let order = PG.order(w)
+          if pfn < h &+ (1 &<< order) { return (h, order, w & PG.pcp != 0) }
+        }
+      }
+      o &+= 1
+    }
+    return nil
+  }
+}

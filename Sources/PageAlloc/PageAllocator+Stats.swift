@@ -1,0 +1,192 @@
+/// A snapshot of one zone's counters.
+public struct ZoneStatistics: Sendable, Hashable {
+  public var kind: ZoneKind
+  public var pfns: Range<PFN>
+  public var spanned: Int
+  public var present: Int
+  public var managed: Int
+  /// NR_FREE_PAGES: pages on the zone's free lists outside isolated pageblocks.
+  public var nrFreePages: Int
+  /// Pages on the isolate free lists.
+  public var isolatedFreePages: Int
+  /// Pages on this zone's pcp lists, all CPUs.
+  public var pcpPages: Int
+  public var watermarkMin: Int
+  public var watermarkLow: Int
+  public var watermarkHigh: Int
+  public var watermarkPromo: Int
+  /// lowmem_reserve by the highest zone kind of a request (DMA, DMA32, Normal, Movable).
+  public var lowmemReserve: [Int]
+  /// nr_free per order (all migratetypes).
+  public var freeBlocks: [Int]
+  /// free blocks per migratetype per order: `[mt][order]`.
+  public var freeBlocksByType: [[Int]]
+  /// Pageblocks of each migratetype (by stored type; isolated ones counted as Isolate).
+  public var pageblocksByType: [Int]
+  /// PGALLOC and PGFREE (pages), counted once as the kernel does.
+  public var pgalloc: Int
+  public var pgfree: Int
+  public var fallbackAllocs: Int
+  public var pageblocksClaimed: Int
+  public var batch: Int
+  public var highMin: Int
+  public var highMax: Int
+  /// Per-CPU: (count, high, batch, highMin, highMax).
+  public var pagesets: [(count: Int, high: Int, batch: Int, highMin: Int, highMax: Int)]
+
+  public static func == (a: ZoneStatistics, b: ZoneStatistics) -> Bool {
+    a.kind == b.kind && a.freeBlocksByType == b.freeBlocksByType && a.pgalloc == b.pgalloc && a.pgfree == b.pgfree
+      && a.pcpPages == b.pcpPages
+  }
+  public func hash(into h: inout Hasher) {
+    h.combine(kind)
+    h.combine(freeBlocksByType)
+  }
+}
+
+extension PageAllocator {
+  /// nr_free per order 0...10, summed over the zones and migratetypes (`/proc/buddyinfo`'s
+  /// numbers added up). pcp pages are not in these counts; drain first to see them.
+  public func freeBlockCounts() -> [Int] {
+    var out = [Int](repeating: 0, count: PageGeometry.orderCount)
+    for i in 0..<zoneCount {
+      let z = zones + i
+      z.pointee.lock.lock()
+      for o in 0...PageGeometry.maxOrder {
+        for mt in 0..<MigrateType.count { out[o] += z.pointee.lists[listIndex(o, mt)].count }
+      }
+      z.pointee.lock.unlock()
+    }
+    return out
+  }
+
+  /// Pages free in the buddy (every list, isolated ones included) and on pcp lists.
+  public var freePageCount: Int {
+    var total = 0
+    for i in 0..<zoneCount {
+      let z = zones + i
+      z.pointee.lock.lock()
+      for o in 0...PageGeometry.maxOrder {
+        for mt in 0..<MigrateType.count { total += z.pointee.lists[listIndex(o, mt)].count << o }
+      }
+      z.pointee.lock.unlock()
+    }
+    return total + pcpPageCount
+  }
+
+  /// Pages on all pcp lists.
+  public var pcpPageCount: Int {
+    var total = 0
+    for i in 0..<(cpuCount * zoneCount) {
+      let p = pcp(i)
+      p.pointee.lock.lock()
+      total += p.pointee.count
+      p.pointee.lock.unlock()
+    }
+    return total
+  }
+
+  /// Managed pages of all zones.
+  public var managedPageCount: Int {
+    var t = 0
+    for i in 0..<zoneCount { t += zones[i].managed }
+    return t
+  }
+
+  /// Pages in use: managed less free less quarantined.
+  public var allocatedPageCount: Int { managedPageCount - freePageCount - quarantinedPageCount }
+
+  /// The free blocks (head pfn, order) on the zones' free lists, sorted by pfn: after
+  /// ``drainAllPages()``, the allocator's whole free state.
+  public func freeBlocks() -> [(pfn: PFN, order: Int)] {
+    var out: [(PFN, Int)] = []
+    for i in 0..<zoneCount {
+      let z = zones + i
+      z.pointee.lock.lock()
+      for o in 0...PageGeometry.maxOrder {
+        for mt in 0..<MigrateType.count {
+          var p = z.pointee.lists[listIndex(o, mt)].head
+          while p != PageRecord.nilLink {
+            out.append((PFN(Int(p)), o))
+            p = memMap.presentRecord(Int(p)).pointee.next
+          }
+        }
+      }
+      z.pointee.lock.unlock()
+    }
+    return out.sorted { $0.0 < $1.0 }
+  }
+
+  /// The blocks on pcp lists (head pfn, order), sorted by pfn.
+  public func pcpBlocks() -> [(pfn: PFN, order: Int)] {
+    var out: [(PFN, Int)] = []
+    for i in 0..<(cpuCount * zoneCount) {
+      let pc = pcp(i)
+      pc.pointee.lock.lock()
+      for li in 0..<pcpListCount {
+        var p = pc.pointee.lists[li].head
+        while p != PageRecord.nilLink {
+          out.append((PFN(Int(p)), pindexToOrder(li)))
+          p = memMap.presentRecord(Int(p)).pointee.next
+        }
+      }
+      pc.pointee.lock.unlock()
+    }
+    return out.sorted { $0.0 < $1.0 }
+  }
+
+  /// The zones' counters.
+  public func zoneStatistics() -> [ZoneStatistics] {
+    var out: [ZoneStatistics] = []
+    for i in 0..<zoneCount {
+      let z = zones + i
+      var pagesets: [(Int, Int, Int, Int, Int)] = []
+      var pcpPages = 0
+      var pcpAlloc = 0
+      var pcpFree = 0
+      for cpu in 0..<cpuCount {
+        let p = pcp(cpu * zoneCount + i)
+        p.pointee.lock.lock()
+        pagesets.append((p.pointee.count, p.pointee.high, p.pointee.batch, p.pointee.highMin, p.pointee.highMax))
+        pcpPages += p.pointee.count
+        pcpAlloc += p.pointee.pgalloc
+        pcpFree += p.pointee.pgfree
+        p.pointee.lock.unlock()
+      }
+      z.pointee.lock.lock()
+      var byType = [[Int]](repeating: [Int](repeating: 0, count: 11), count: MigrateType.count)
+      var blocks = [Int](repeating: 0, count: 11)
+      var isolated = 0
+      for o in 0...10 {
+        for mt in 0..<MigrateType.count {
+          let c = z.pointee.lists[listIndex(o, mt)].count
+          byType[mt][o] = c
+          blocks[o] += c
+          if mt == MigrateType.isolate.rawValue { isolated += c << o }
+        }
+      }
+      var pbTypes = [Int](repeating: 0, count: MigrateType.count)
+      var pb = z.pointee.start & ~(PageGeometry.pageblockPages - 1)
+      while pb < z.pointee.end {
+        if memMap.record(max(pb, z.pointee.start)) != nil {
+          pbTypes[memMap.freeListType(pb).rawValue] += 1
+        }
+        pb += PageGeometry.pageblockPages
+      }
+      let s = ZoneStatistics(
+        kind: z.pointee.kind, pfns: PFN(z.pointee.start)..<PFN(z.pointee.end), spanned: z.pointee.spanned,
+        present: z.pointee.present, managed: z.pointee.managed,
+        nrFreePages: z.pointee.nrFreePages.load(ordering: .relaxed), isolatedFreePages: isolated,
+        pcpPages: pcpPages, watermarkMin: z.pointee.wmarkMin, watermarkLow: z.pointee.wmarkLow,
+        watermarkHigh: z.pointee.wmarkHigh, watermarkPromo: z.pointee.wmarkPromo,
+        lowmemReserve: (0..<4).map { z.pointee.lowmemReserve[$0] }, freeBlocks: blocks,
+        freeBlocksByType: byType, pageblocksByType: pbTypes, pgalloc: z.pointee.pgalloc + pcpAlloc,
+        pgfree: z.pointee.pgfree + pcpFree, fallbackAllocs: z.pointee.fallbackAllocs,
+        pageblocksClaimed: z.pointee.pageblocksClaimed, batch: z.pointee.batch, highMin: z.pointee.highMin,
+        highMax: z.pointee.highMax, pagesets: pagesets)
+      z.pointee.lock.unlock()
+      out.append(s)
+    }
+    return out
+  }
+}

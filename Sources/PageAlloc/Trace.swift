@@ -1,0 +1,147 @@
+import CPageAllocShim
+import Synchronization
+
+/// A kmem trace event, fired where the kernel fires it.
+public struct TraceEvent: Sendable, Hashable {
+  public enum Kind: String, Sendable, CaseIterable {
+    case pageAlloc = "mm_page_alloc"
+    case pageFree = "mm_page_free"
+    case pageFreeBatched = "mm_page_free_batched"
+    case pageAllocZoneLocked = "mm_page_alloc_zone_locked"
+    case pagePcpuDrain = "mm_page_pcpu_drain"
+  }
+  public var kind: Kind
+  /// nil for a failed allocation (printed as page=0000000000000000 pfn=0x0).
+  public var pfn: PFN?
+  public var order: Int
+  public var migrateType: Int
+  public var gfp: GFP
+  public var percpuRefill: Bool
+  /// The CPU (pcp set) the event happened on.
+  public var cpu: Int
+
+  public init(
+    kind: Kind, pfn: PFN?, order: Int, migrateType: Int = 0, gfp: GFP = [], percpuRefill: Bool = false,
+    cpu: Int = 0
+  ) {
+    self.kind = kind
+    self.pfn = pfn
+    self.order = order
+    self.migrateType = migrateType
+    self.gfp = gfp
+    self.percpuRefill = percpuRefill
+    self.cpu = cpu
+  }
+
+  /// The `page=%p` value: a stable stand-in for the kernel's hashed struct page pointer.
+  public var pagePointer: String {
+    guard let pfn else { return "0000000000000000" }
+    var x = UInt64(truncatingIfNeeded: pfn.value) &* 0x9E37_79B9_7F4A_7C15
+    x ^= x >> 29
+    let s = String(x & 0xFFFF_FFFF, radix: 16)
+    return String(repeating: "0", count: 16 - s.count) + s
+  }
+
+  /// The event's TP_printk text, e.g. `mm_page_free: page=... pfn=0x1000 order=0`.
+  public var formatted: String {
+    let pfnText = "0x" + String(pfn?.value ?? 0, radix: 16)
+    let head = "\(kind.rawValue): page=\(pagePointer) pfn=\(pfnText)"
+    switch kind {
+    case .pageAlloc:
+      return "\(head) order=\(order) migratetype=\(migrateType) gfp_flags=\(gfp)"
+    case .pageFree:
+      return "\(head) order=\(order)"
+    case .pageFreeBatched:
+      return "\(head) order=0"
+    case .pageAllocZoneLocked:
+      return "\(head) order=\(order) migratetype=\(migrateType) percpu_refill=\(percpuRefill ? 1 : 0)"
+    case .pagePcpuDrain:
+      return "\(head) order=\(order) migratetype=\(migrateType)"
+    }
+  }
+
+  /// A whole line of the ftrace `trace` file.
+  public func ftraceLine(task: String = "pagealloc", pid: Int = 1, timestamp: Double) -> String {
+    let cpuText = String(cpu)
+    let cpuField = "[" + String(repeating: "0", count: max(0, 3 - cpuText.count)) + cpuText + "]"
+    let taskPid = "\(task)-\(pid)"
+    let padded = String(repeating: " ", count: max(0, 16 - taskPid.count)) + taskPid
+    let ts = String(format6: timestamp)
+    return "\(padded) \(cpuField) ..... \(ts): \(formatted)"
+  }
+}
+
+extension String {
+  /// `%.6f` without Foundation.
+  init(format6 v: Double) {
+    let us = Int((v * 1_000_000).rounded())
+    let frac = String(us % 1_000_000)
+    self = "\(us / 1_000_000)." + String(repeating: "0", count: 6 - frac.count) + frac
+  }
+}
+
+/// Receives the allocator's trace events. Called on the thread that caused the event,
+/// possibly with allocator locks held: it must not call back into the allocator.
+public protocol TraceSink: AnyObject, Sendable {
+  func record(_ event: TraceEvent)
+}
+
+/// A sink that keeps every event in memory.
+public final class TraceBuffer: TraceSink, @unchecked Sendable {
+  private let events = Mutex<[TraceEvent]>([])
+  public init() {}
+  public func record(_ event: TraceEvent) { events.withLock { $0.append(event) } }
+  /// The events so far.
+  public var snapshot: [TraceEvent] { events.withLock { $0 } }
+  public func removeAll() { events.withLock { $0.removeAll() } }
+}
+
+extension PageAllocator {
+  /// Installs (or with nil removes) the trace sink. With no sink the cost of each trace
+  /// point is one predictable branch on an atomic flag.
+  public func setTraceSink(_ sink: TraceSink?) {
+    traceSinkBox.withLock { $0 = sink }
+    tracing.store(sink != nil, ordering: .releasing)
+  }
+
+  @usableFromInline @inline(never)
+  func emit(_ e: TraceEvent) {
+    var e = e
+    if e.cpu < 0 { e.cpu = Int(cpa_current_cpu()) % cpuCount }
+    let sink = traceSinkBox.withLock { $0 }
+    sink?.record(e)
+  }
+
+  @inlinable @inline(__always)
+  func traceZoneLocked(_ pfn: Int, _ order: Int, _ mt: Int) {
+    if _slowPath(tracing.load(ordering: .relaxed)) {
+      emit(
+        TraceEvent(
+          kind: .pageAllocZoneLocked, pfn: PFN(pfn), order: order, migrateType: mt,
+          percpuRefill: pcpAllowedOrder(order) && mt < MigrateType.pcpTypes, cpu: -1))
+    }
+  }
+
+  @inlinable @inline(__always)
+  func tracePageFree(_ pfn: Int, _ order: Int) {
+    if _slowPath(tracing.load(ordering: .relaxed)) {
+      emit(TraceEvent(kind: .pageFree, pfn: PFN(pfn), order: order, cpu: -1))
+    }
+  }
+
+  @inlinable @inline(__always)
+  func tracePageAlloc(_ pfn: Int?, _ order: Int, _ mt: Int, _ gfp: GFP) {
+    if _slowPath(tracing.load(ordering: .relaxed)) {
+      emit(
+        TraceEvent(
+          kind: .pageAlloc, pfn: pfn.map { PFN($0) }, order: order, migrateType: mt, gfp: gfp, cpu: -1))
+    }
+  }
+
+  @inlinable @inline(__always)
+  func tracePcpuDrain(_ pfn: Int, _ order: Int, _ mt: Int) {
+    if _slowPath(tracing.load(ordering: .relaxed)) {
+      emit(TraceEvent(kind: .pagePcpuDrain, pfn: PFN(pfn), order: order, migrateType: mt, cpu: -1))
+    }
+  }
+}
