@@ -656,6 +656,9 @@ extension PageAllocator {
     var left = n
     while left > 0 {
       let order = chunkOrder(p, left)
+      #if DEBUG
+        debugChunkObserver?(p, order)
+      #endif
       freePrepared(p, order, zi)
       p &+= 1 &<< order
       left &-= 1 &<< order

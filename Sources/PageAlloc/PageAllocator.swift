@@ -46,6 +46,12 @@ public final class PageAllocator: @unchecked Sendable {
 
   @usableFromInline static let pcpStride = 192
 
+  #if DEBUG
+    /// Debug builds only: called with (pfn, order) for every chunk the chunked free hands
+    /// to `__free_frozen_pages`, so tests see the decomposition whatever the pcp does next.
+    @usableFromInline nonisolated(unsafe) var debugChunkObserver: ((Int, Int) -> Void)?
+  #endif
+
   /// Creates an allocator with all zone memory free.
   ///
   /// - Throws: ``ConfigurationError`` for an invalid configuration or when the memory
@@ -326,6 +332,18 @@ public final class PageAllocator: @unchecked Sendable {
       }
     }
   }
+
+  // MARK: - CPUs
+
+  /// Pins the calling thread's pcp choice to logical CPU `cpu` (used modulo
+  /// ``Configuration/cpuCount``), or with nil goes back to `sched_getcpu()`. Tests and
+  /// benchmarks use it for deterministic runs; it does not change the thread's affinity.
+  public static func setThreadCPU(_ cpu: Int?) {
+    cpa_set_thread_cpu_override(Int32(cpu ?? -1))
+  }
+
+  /// The logical CPU (pcp set) the calling thread uses now.
+  public var currentCPU: Int { Int(cpa_current_cpu()) % cpuCount }
 
   // MARK: - Memory
 
