@@ -249,7 +249,9 @@ extension PageAllocator {
         reportBad(pfn, .compound, "compound page freed at order 0", op, quarantine: true)
         return false
       }
-      return preparePageSlow(r, pfn, w, op) && { freePrepared(pfn, 0, zi); return true }()
+      guard preparePageSlow(r, pfn, w, op) else { return false }
+      freePrepared(pfn, 0, zi)
+      return true
     }
     // order > 0: check every page.
     let compound = w & PG.head != 0
