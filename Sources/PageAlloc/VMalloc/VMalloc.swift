@@ -102,7 +102,7 @@ public final class VMalloc: @unchecked Sendable {
 
   public let allocator: PageAllocator
   public let configuration: Configuration
-  let state: Mutex<State>
+  let state: LockedState<State>
   let fd: Int32
   let windowBase: UnsafeMutableRawPointer
   let windowPages: Int
@@ -125,7 +125,7 @@ public final class VMalloc: @unchecked Sendable {
     windowBase = w.base
     windowPages = w.pageCount
     mapLimit = configuration.mapLimit ?? Int.max
-    state = Mutex(State(window: w))
+    state = LockedState(State(window: w))
   }
 
   deinit {
