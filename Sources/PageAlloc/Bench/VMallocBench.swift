@@ -233,14 +233,14 @@ public enum VMallocBench {
   /// `malloc_over_bulk`), and every result `us_per_op` and `loops`. `quick` divides the
   /// loop counts by 10 and runs one round; otherwise each figure is the best of 3 rounds.
   /// Returns an empty array (with a message on standard error) if the memory cannot be set
-  /// up.
-  public static func run(quick: Bool) -> [BenchResult] {
+  /// up. `prefault: false` maps areas without `MAP_POPULATE` (first touch faults).
+  public static func run(quick: Bool, prefault: Bool = true) -> [BenchResult] {
     // 1 GiB of pfns (memfd, reserved with MAP_NORESERVE; only touched pages cost RAM).
     let alloc: PageAllocator
     let vm: VMalloc
     do {
       alloc = try PageAllocator(configuration: .normal(pages: 1 << 18, cpuCount: 2, backing: .memfd))
-      vm = try VMalloc(allocator: alloc)
+      vm = try VMalloc(allocator: alloc, configuration: .init(prefault: prefault))
     } catch {
       printError("pagealloc: bench vmalloc: \(error)")
       return []
