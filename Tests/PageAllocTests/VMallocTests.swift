@@ -203,6 +203,22 @@ private func expectMappedAsPages(
     #expect(VMalloc.processMapBudget <= VMalloc.maxMapCount)
   }
 
+  @Test("5000 live one-page areas: two VMAs each, one VMA again after vfree")
+  func manyLiveAreas() throws {
+    let (a, v) = try makeVMalloc()
+    var live: [UnsafeMutableRawPointer] = []
+    for _ in 0..<5000 { live.append(try #require(v.vmalloc(4096))) }
+    #expect(v.chargedMappings == 10_000)
+    let maps = v.windowMappings()
+    #expect(maps.count <= 10_001)
+    #expect(maps.filter { $0.permissions == "rw-s" }.count == 5000)
+    // Free every other area: each hole merges with the guard before it.
+    for i in stride(from: 0, to: 5000, by: 2) { v.vfree(live[i]) }
+    #expect(v.windowMappings().count <= v.chargedMappings + 1)
+    for i in stride(from: 1, to: 5000, by: 2) { v.vfree(live[i]) }
+    try expectClean(a, v, free: a.managedPageCount)
+  }
+
   @Test("windows are reused after vfree")
   func windowReuse() throws {
     let (a, v) = try makeVMalloc(vmalloc: .init(windowBytes: 64 * 4096))
@@ -301,6 +317,8 @@ private func expectMappedAsPages(
         try a.verify()
         try v.verify()
         #expect(a.allocatedPageCount == v.vmallocPageCount)
+        // The charge is an upper bound of the VMAs the areas add (the reservation is the +1).
+        #expect(v.windowMappings().count <= v.chargedMappings + 1)
       }
       for (p, _, _) in live { v.vfree(p) }
       try expectClean(a, v, free: free)
