@@ -1,0 +1,31 @@
+import Glibc
+
+/// A value guarded by a `pthread_mutex_t`.
+///
+/// VMalloc uses this instead of `Synchronization.Mutex` because ThreadSanitizer intercepts
+/// `pthread_mutex_lock`, but does not see the stdlib Mutex's futex fast path, and so
+/// reports every access under a `Mutex` as a race (`swift test --sanitize=thread`).
+/// The lock is taken for short table updates only (no syscalls inside).
+final class LockedState<State>: @unchecked Sendable {
+  private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+  private var value: State
+
+  init(_ value: State) {
+    mutex = .allocate(capacity: 1)
+    mutex.initialize(to: pthread_mutex_t())
+    pthread_mutex_init(mutex, nil)
+    self.value = value
+  }
+
+  deinit {
+    pthread_mutex_destroy(mutex)
+    mutex.deallocate()
+  }
+
+  @inline(__always)
+  func withLock<R>(_ body: (inout State) throws -> R) rethrows -> R {
+    pthread_mutex_lock(mutex)
+    defer { pthread_mutex_unlock(mutex) }
+    return try body(&value)
+  }
+}
