@@ -22,7 +22,7 @@ extern const unsigned int __rseq_size;
 /// The CPU this thread runs on, or 0 if unknown: the rseq area's cpu_id when glibc
 /// registered one (one load from the thread pointer, ~0.3 ns), else sched_getcpu()
 /// (a vDSO call, ~4 ns on this VM, twice per alloc+free pair).
-static inline int cpa_current_cpu(void) {
+static inline __attribute__((always_inline)) int cpa_current_cpu(void) {
   int o = cpa_cpu_override;
   if (o >= 0) return o;
 #if __has_builtin(__builtin_thread_pointer) && (defined(__x86_64__) || defined(__aarch64__))
