@@ -182,7 +182,7 @@ public struct BenchReport: Sendable {
     let w = 760.0, h = 460.0
     let left = 80.0, right = 30.0, top = 60.0, bottom = 70.0
     let pw = w - left - right, ph = h - top - bottom
-    func x(_ order: Int) -> Double { left + pw * Double(order) / Double(PageGeometry.maxOrder) }
+    func x(_ order: Int) -> Double { left + 14 + (pw - 28) * Double(order) / Double(PageGeometry.maxOrder) }
     func y(_ v: Double) -> Double { top + ph * (1 - (log10(v) - log10(lo)) / (log10(hi) - log10(lo))) }
     func f(_ v: Double) -> String { fixed(v, 1) }
     var s = """
@@ -229,11 +229,12 @@ public struct BenchReport: Sendable {
     }
     // Legend.
     let lx = left + pw - 250, ly = top + 14
-    s += "<rect x=\"\(f(lx - 10))\" y=\"\(f(ly - 14))\" width=\"255\" height=\"48\" fill=\"white\" stroke=\"#ccc\"/>\n"
+    s += "<rect x=\"\(f(lx - 10))\" y=\"\(f(ly - 14))\" width=\"255\" height=\"66\" fill=\"white\" stroke=\"#ccc\"/>\n"
     s += "<line x1=\"\(f(lx))\" y1=\"\(f(ly))\" x2=\"\(f(lx + 24))\" y2=\"\(f(ly))\" stroke=\"#c0392b\" stroke-width=\"2.5\"/>\n"
     s += "<text x=\"\(f(lx + 32))\" y=\"\(f(ly + 4))\">per-page putPage loop (before)</text>\n"
     s += "<line x1=\"\(f(lx))\" y1=\"\(f(ly + 20))\" x2=\"\(f(lx + 24))\" y2=\"\(f(ly + 20))\" stroke=\"#2471a3\" stroke-width=\"2.5\"/>\n"
     s += "<text x=\"\(f(lx + 32))\" y=\"\(f(ly + 24))\">freeContigRange (after)</text>\n"
+    s += "<text x=\"\(f(lx + 2))\" y=\"\(f(ly + 44))\" font-size=\"11\" fill=\"#555\">N.Nx above a point: speedup at that order</text>\n"
     s += "</svg>\n"
     return s
   }
