@@ -63,6 +63,9 @@ struct Bench: ParsableCommand {
     if svg != nil && !selected.contains(where: { $0.name == BenchSuite.highOrder.name }) {
       selected.insert(.highOrder, at: 0)
     }
+    // Open the output files first: a bad path fails now, not after the run.
+    let jsonFile = try json.map { try OutputFile($0) }
+    let svgFile = try svg.map { try OutputFile($0) }
     let machine = MachineInfo.current()
     print(BenchReport(machine: machine, results: []).machineLine)
     if machine.build != "release" { print("warning: debug build; figures are not meaningful (use -c release)") }
@@ -96,8 +99,8 @@ struct Bench: ParsableCommand {
     print("")
     print(report.table(), terminator: "")
     printTargets(report)
-    if let json { try write(report.json(), to: json) }
-    if let svg, let text = report.svg() { try write(text, to: svg) }
+    if let jsonFile { try jsonFile.write(report.json()) }
+    if let svgFile, let text = report.svg() { try svgFile.write(text) }
   }
 
   /// The patch's own output, per order.
@@ -131,14 +134,27 @@ struct Bench: ParsableCommand {
     if !lines.isEmpty { print("\ntargets\n" + lines.joined(separator: "\n")) }
   }
 
-  func write(_ text: String, to path: String) throws {
+}
+
+/// An output file opened (truncated) before the run, written after it.
+final class OutputFile {
+  let path: String
+  let file: UnsafeMutablePointer<FILE>
+
+  init(_ path: String) throws {
     guard let f = fopen(path, "w") else {
       printError("pagealloc bench: \(path): cannot open for writing: \(String(cString: strerror(errno)))")
       throw ExitCode(1)
     }
-    defer { fclose(f) }
-    if fputs(text, f) < 0 {
-      printError("pagealloc bench: \(path): write failed")
+    self.path = path
+    file = f
+  }
+
+  deinit { fclose(file) }
+
+  func write(_ text: String) throws {
+    if fputs(text, file) < 0 || fflush(file) != 0 {
+      printError("pagealloc bench: \(path): write failed: \(String(cString: strerror(errno)))")
       throw ExitCode(1)
     }
     print("wrote \(path)")

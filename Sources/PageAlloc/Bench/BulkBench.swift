@@ -7,7 +7,7 @@ extension BenchSuite {
   /// `bulk`: freePagesBulk over vmalloc-like arrays vs a per-page putPage loop.
   public static let bulk = BenchSuite(
     name: "bulk",
-    summary: "freePagesBulk over vmalloc-like page arrays (mixed sizes) vs per-page putPage",
+    summary: "freePagesBulk on vmalloc-like arrays vs putPage loop",
     defaultIterations: 2_000, quickIterations: 50, iterationUnit: "rounds of \(BulkBench.sizes.count) arrays",
     run: { try BulkBench.run($0) },
     ratios: { BulkBench.ratios($0) })

@@ -15,7 +15,7 @@ extension BenchSuite {
   /// `floor`: the free phase alone, chunked and per-page, against the per-page floor.
   public static let floor = BenchSuite(
     name: "floor",
-    summary: "free phase only: contig and per-page against the refcount-drop + prepare-check floor",
+    summary: "free phase alone: contig and per-page vs the per-page floor",
     defaultIterations: 100_000, quickIterations: 4_000, iterationUnit: "blocks freed",
     run: { try FloorBench.run($0) },
     ratios: { FloorBench.ratios($0) })

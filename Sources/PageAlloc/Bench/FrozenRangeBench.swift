@@ -12,7 +12,7 @@ extension BenchSuite {
   /// freeContigFrozenRange.
   public static let frozenRange = BenchSuite(
     name: "frozen-range",
-    summary: "16384-page frozen range (CMA): per-page freeFrozenPages vs freeContigFrozenRange",
+    summary: "16384-page CMA range: per-page vs freeContigFrozenRange",
     defaultIterations: 500, quickIterations: 20, iterationUnit: "16384-page ranges freed",
     run: { try FrozenRangeBench.run($0) },
     ratios: { FrozenRangeBench.ratios($0) })

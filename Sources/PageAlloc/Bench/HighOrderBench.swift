@@ -15,7 +15,7 @@ extension BenchSuite {
   /// by page (`per-page`) and as chunks (`contig`).
   public static let highOrder = BenchSuite(
     name: "high-order",
-    summary: "alloc order K + split_page + free: per-page putPage loop vs freeContigRange",
+    summary: "alloc+split+free at order K: putPage loop vs freeContigRange",
     defaultIterations: 100_000, quickIterations: 2_000, iterationUnit: "alloc+split+free of one block",
     run: { try HighOrderBench.run($0) },
     ratios: { HighOrderBench.ratios($0) })

@@ -10,7 +10,7 @@ extension BenchSuite {
   /// `order0`: alloc/free pairs through the pcp (1 and N threads) and bypassing it.
   public static let order0 = BenchSuite(
     name: "order0",
-    summary: "order-0 alloc+free pairs: pcp on 1 and N threads, and bypassing the pcp",
+    summary: "order-0 alloc+free pairs: pcp (1, N threads), no pcp",
     defaultIterations: 5_000_000, quickIterations: 200_000, iterationUnit: "alloc+free pairs per thread",
     run: { try Order0Bench.run($0) },
     ratios: { Order0Bench.ratios($0) })
