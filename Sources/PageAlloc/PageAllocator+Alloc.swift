@@ -53,9 +53,26 @@ extension PageAllocator {
     }
     let mt = gfp.migrateType.rawValue
     let highest = gfp.highestZone.rawValue
+    // The common case first, kept small: the preferred zone above its low watermark.
+    let first = Int(zonelists[highest &* 4])
+    if _fastPath(first >= 0) {
+      let z = zones + first
+      if watermarkOK(z, order, z.pointee.wmarkLow, highest), let pfn = rmqueueTop(z, first, order, mt) {
+        prepNewPage(pfn, order, gfp, frozen: frozen)
+        tracePageAlloc(pfn, order, mt, gfp)
+        return pfn
+      }
+    }
+    return allocSlowWalk(order, gfp, frozen: frozen, mt, highest)
+  }
+
+  /// The rest of the zonelist walk of ``allocInternal(_:_:frozen:)``: the first pass from
+  /// the second zone on (the first was tried), then the min-watermark pass over all.
+  @usableFromInline @inline(never)
+  func allocSlowWalk(_ order: Int, _ gfp: GFP, frozen: Bool, _ mt: Int, _ highest: Int) -> Int? {
     var pass = 0
     while pass < 2 {
-      var i = 0
+      var i = pass == 0 ? 1 : 0
       while i < 4 {
         let zi = Int(zonelists[highest &* 4 &+ i])
         if zi < 0 { break }
