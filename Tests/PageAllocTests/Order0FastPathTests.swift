@@ -76,4 +76,32 @@ import Testing
     #expect(a.badPageCount == 0)
     try a.verify()
   }
+
+  /// The zonelist walk after the preferred zone: Normal below its watermark falls back to
+  /// DMA32; everything comes back.
+  @Test func zonelistFallbackAfterThePreferredZone() throws {
+    let a = try PageAllocator(
+      configuration: .init(
+        zones: [
+          ZoneConfiguration(kind: .dma32, pfns: 0..<16384), ZoneConfiguration(kind: .normal, pfns: 16384..<32768),
+        ], cpuCount: 2, backing: .none, sectionPages: 1 << 14))
+    let start = a.freePageCount
+    var held: [PFN] = []
+    var fromDMA32 = 0
+    while let p = a.allocPages(order: 0, gfp: [.kernel, .noWarn]) {
+      held.append(p)
+      if a.zoneKind(of: p) == .dma32 { fromDMA32 += 1 }
+      if held.count > 40000 { break }
+    }
+    #expect(fromDMA32 > 0)
+    #expect(held.count > 16384)
+    // GFP_ATOMIC may dip below the min watermark (the second pass).
+    let atomic = a.allocPages(order: 0, gfp: [.atomic, .noWarn])
+    #expect(atomic != nil)
+    if let atomic { held.append(atomic) }
+    for p in held { a.freePages(p, order: 0) }
+    #expect(a.freePageCount == start)
+    #expect(a.badPageCount == 0)
+    try a.verify()
+  }
 }
