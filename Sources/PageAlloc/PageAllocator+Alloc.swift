@@ -53,9 +53,26 @@ extension PageAllocator {
     }
     let mt = gfp.migrateType.rawValue
     let highest = gfp.highestZone.rawValue
+    // The common case first, kept small: the preferred zone above its low watermark.
+    let first = Int(zonelists[highest &* 4])
+    if _fastPath(first >= 0) {
+      let z = zones + first
+      if watermarkOK(z, order, z.pointee.wmarkLow, highest), let pfn = rmqueueTop(z, first, order, mt) {
+        prepNewPage(pfn, order, gfp, frozen: frozen)
+        tracePageAlloc(pfn, order, mt, gfp)
+        return pfn
+      }
+    }
+    return allocSlowWalk(order, gfp, frozen: frozen, mt, highest)
+  }
+
+  /// The rest of the zonelist walk of ``allocInternal(_:_:frozen:)``: the first pass from
+  /// the second zone on (the first was tried), then the min-watermark pass over all.
+  @usableFromInline @inline(never)
+  func allocSlowWalk(_ order: Int, _ gfp: GFP, frozen: Bool, _ mt: Int, _ highest: Int) -> Int? {
     var pass = 0
     while pass < 2 {
-      var i = 0
+      var i = pass == 0 ? 1 : 0
       while i < 4 {
         let zi = Int(zonelists[highest &* 4 &+ i])
         if zi < 0 { break }
@@ -123,25 +140,14 @@ extension PageAllocator {
   /// `rmqueue_pcplist()`: pops the head of this CPU's list, refilling it from the buddy in
   /// a batch when empty. Returns nil when the pcp lock is busy (the caller then takes the
   /// zone lock path) or the zone has nothing.
-  @inlinable
+  @inlinable @inline(__always)
   func rmqueuePcplist(_ z: UnsafeMutablePointer<Zone>, _ zi: Int, _ order: Int, _ mt: Int) -> Int? {
     let pcp = localPcp(zi)
     if _slowPath(!pcp.pointee.lock.tryLock()) { return nil }
     pcp.pointee.freeCount = pcp.pointee.freeCount &>> 1
     let l = pcp.pointee.lists + orderToPindex(mt, order)
-    if l.pointee.head == PageRecord.nilLink {
-      let n = nrPcpAlloc(pcp, z, order)
-      z.pointee.lock.lock()
-      var got = 0
-      while got < n {
-        guard let b = rmqueue(z, order, mt) else { break }
-        pcpAddTail(l, b, order)
-        got &+= 1
-      }
-      z.pointee.lock.unlock()
-      pcp.pointee.count = pcp.pointee.count &+ (got &<< order)
-      pcp.pointee.refills = pcp.pointee.refills &+ 1
-      if got == 0 {
+    if _slowPath(l.pointee.head == PageRecord.nilLink) {
+      if !pcpRefill(z, pcp, l, order, mt) {
         pcp.pointee.lock.unlock()
         return nil
       }
@@ -161,6 +167,28 @@ extension PageAllocator {
     pcp.pointee.pgalloc = pcp.pointee.pgalloc &+ (1 &<< order)
     pcp.pointee.lock.unlock()
     return pfn
+  }
+
+  /// The refill half of `rmqueue_pcplist()` (`rmqueue_bulk()`): moves a batch of blocks
+  /// from the buddy to the empty pcp list `l`, under the zone lock. Returns false when the
+  /// zone had none. Out of line: the common case pops a block without refilling.
+  @usableFromInline @inline(never)
+  func pcpRefill(
+    _ z: UnsafeMutablePointer<Zone>, _ pcp: UnsafeMutablePointer<PerCPUPages>, _ l: UnsafeMutablePointer<FreeList>,
+    _ order: Int, _ mt: Int
+  ) -> Bool {
+    let n = nrPcpAlloc(pcp, z, order)
+    z.pointee.lock.lock()
+    var got = 0
+    while got < n {
+      guard let b = rmqueue(z, order, mt) else { break }
+      pcpAddTail(l, b, order)
+      got &+= 1
+    }
+    z.pointee.lock.unlock()
+    pcp.pointee.count = pcp.pointee.count &+ (got &<< order)
+    pcp.pointee.refills = pcp.pointee.refills &+ 1
+    return got != 0
   }
 
   /// `nr_pcp_alloc()`: how many blocks a refill takes. Doubles (alloc_factor) while

@@ -165,7 +165,11 @@ extension PageAllocator {
     }
     let old = r.pointee.refcount.wrappingSubtract(1, ordering: .acquiringAndReleasing).oldValue
     if _fastPath(old == 1) {
-      freeBlockChecked(p, order, zi, "freePages")
+      if _fastPath(order == 0) {
+        freeOrder0Checked(r, p, zi, "freePages")
+      } else {
+        freeBlockChecked(p, order, zi, "freePages")
+      }
       return
     }
     if old <= 0 {
@@ -231,28 +235,8 @@ extension PageAllocator {
   @usableFromInline
   func freeBlockChecked(_ pfn: Int, _ order: Int, _ zi: Int, _ op: String) -> Bool {
     let r = memMap.presentRecord(pfn)
+    if _fastPath(order == 0) { return freeOrder0Checked(r, pfn, zi, op) }
     let w = r.pointee.flags.load(ordering: .relaxed)
-    if _fastPath(order == 0) {
-      if _fastPath(w & PG.flagMask == 0) {
-        if _slowPath(r.pointee.refcount.load(ordering: .relaxed) != 0) {
-          reportBad(pfn, .nonzeroRefcount, "nonzero _refcount", op, quarantine: true)
-          return false
-        }
-        if w != 0 { r.pointee.flags.store(0, ordering: .relaxed) }
-        if _slowPath(poisoning) { fillPoison(pfn, 1) }
-        tracePageFree(pfn, 0)
-        freePrepared(pfn, 0, zi)
-        return true
-      }
-      if w & PG.head != 0 {
-        // A compound page that somehow lost its order (cannot happen for order 0).
-        reportBad(pfn, .compound, "compound page freed at order 0", op, quarantine: true)
-        return false
-      }
-      guard preparePageSlow(r, pfn, w, op) else { return false }
-      freePrepared(pfn, 0, zi)
-      return true
-    }
     // order > 0: check every page.
     let compound = w & PG.head != 0
     let n = 1 &<< order
@@ -312,6 +296,39 @@ extension PageAllocator {
     }
     if runStart >= 0 { freePreparedRange(runStart, pfn + n - runStart, zi) }
     return false
+  }
+
+  /// ``freeBlockChecked(_:_:_:_:)`` for order 0, inlined into the order-0 free paths.
+  @discardableResult
+  @inlinable @inline(__always)
+  func freeOrder0Checked(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ zi: Int, _ op: String) -> Bool {
+    let w = r.pointee.flags.load(ordering: .relaxed)
+    if _fastPath(w & PG.flagMask == 0) {
+      if _slowPath(r.pointee.refcount.load(ordering: .relaxed) != 0) {
+        reportBad(pfn, .nonzeroRefcount, "nonzero _refcount", op, quarantine: true)
+        return false
+      }
+      if w != 0 { r.pointee.flags.store(0, ordering: .relaxed) }
+      if _slowPath(poisoning) { fillPoison(pfn, 1) }
+      tracePageFree(pfn, 0)
+      freePrepared(pfn, 0, zi)
+      return true
+    }
+    return freeOrder0Slow(r, pfn, w, zi, op)
+  }
+
+  @usableFromInline @inline(never)
+  func freeOrder0Slow(
+    _ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ w: UInt32, _ zi: Int, _ op: String
+  ) -> Bool {
+    if w & PG.head != 0 {
+      // A compound page that somehow lost its order (cannot happen for order 0).
+      reportBad(pfn, .compound, "compound page freed at order 0", op, quarantine: true)
+      return false
+    }
+    guard preparePageSlow(r, pfn, w, op) else { return false }
+    freePrepared(pfn, 0, zi)
+    return true
   }
 
   /// The slow part of the order-0 prepare: a page with flags set. Returns true when the
@@ -409,7 +426,7 @@ extension PageAllocator {
   /// the recent free count); a pcp that fills up while the zone is healthy grows it to hold
   /// the recent frees plus a batch. (The kernel's reclaim-active case does not arise: no
   /// reclaim; the vmstat worker's periodic decay is not modelled.)
-  @inlinable
+  @inlinable @inline(__always)
   func nrPcpHigh(_ pcp: UnsafeMutablePointer<PerCPUPages>, _ z: UnsafeMutablePointer<Zone>, _ freeHigh: Bool) -> Int {
     let lo = pcp.pointee.highMin
     let hi = pcp.pointee.highMax

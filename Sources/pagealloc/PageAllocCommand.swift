@@ -9,12 +9,3 @@ struct PageAllocCommand: ParsableCommand {
     subcommands: [Bench.self],
     defaultSubcommand: Bench.self)
 }
-
-struct Bench: ParsableCommand {
-  static let configuration = CommandConfiguration(abstract: "Measure the chunked free against the per-page free.")
-  @Option(help: "Iterations of the high-order test.") var iterations = 100_000
-  func run() throws {
-    let r = try HighOrderBench.run(order: 9, iterations: iterations)
-    print(r)
-  }
-}
