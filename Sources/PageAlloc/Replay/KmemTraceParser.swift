@@ -1,0 +1,247 @@
+import Glibc
+
+/// One `mm_page_alloc` / `mm_page_free` line of a kernel trace, or a line that names one
+/// of them but does not parse.
+@usableFromInline
+struct ReplayEvent {
+  @usableFromInline enum Kind: UInt8 {
+    case alloc = 0
+    case free = 1
+    /// `pfn` holds the index of the reason in ``ParsedTrace/malformedReasons``.
+    case malformed = 2
+  }
+  @usableFromInline var pfn: Int
+  @usableFromInline var line: Int32
+  @usableFromInline var cpu: UInt16
+  @usableFromInline var order: UInt8
+  @usableFromInline var kind: Kind
+}
+
+/// What the parser found in a whole trace.
+@usableFromInline
+struct ParsedTrace {
+  @usableFromInline var events: ContiguousArray<ReplayEvent> = []
+  @usableFromInline var malformedReasons: [String] = []
+  @usableFromInline var linesRead = 0
+  /// Lines that are not an event we use (headers, other events, mm_page_free_batched...).
+  @usableFromInline var linesIgnored = 0
+  /// `mm_page_alloc` lines of failed allocations (page=0, pfn=0).
+  @usableFromInline var allocFailures = 0
+  @usableFromInline var maxCPU = 0
+}
+
+/// A byte-level parser of kmem trace text: the ftrace `trace` file, `trace-cmd report` and
+/// `perf script` output.
+///
+/// A line is used when it names `mm_page_alloc` or `mm_page_free` as a token that starts
+/// after a space or a colon (`kmem:mm_page_alloc:` in perf script) and ends with a colon.
+/// Its fields are found by key (`pfn=`, `order=`), so extra fields (`nr_free=`, gfp flags
+/// in any form, trace-cmd's padding) do not matter; `pfn=` may be `0x` hex or decimal.
+/// The CPU is the last `[digits]` before the event name. Everything else, including
+/// `mm_page_free_batched` (the companion of an `mm_page_free` of the same page), the
+/// `#` header lines and blank lines, is ignored and counted.
+///
+/// The hot loop reads bytes through an unsafe pointer: no `String` is made for a good
+/// line.
+@usableFromInline
+enum KmemTraceParser {
+  /// The largest pfn a replay accepts (PageAlloc pfns are 32-bit).
+  static let pfnLimit = Int(UInt32.max) - 2
+
+  static func parse(_ buffer: UnsafeRawBufferPointer) -> ParsedTrace {
+    var out = ParsedTrace()
+    guard let base = buffer.baseAddress?.assumingMemoryBound(to: UInt8.self), buffer.count > 0 else {
+      return out
+    }
+    let n = buffer.count
+    out.events.reserveCapacity(n / 160 + 16)
+    var i = 0
+    var line: Int32 = 0
+    while i < n {
+      line &+= 1
+      var e = n
+      if let p = memchr(base + i, 0x0A, n &- i) {
+        e = UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self) - base
+      }
+      parseLine(base, i, e, line, &out)
+      i = e &+ 1
+    }
+    out.linesRead = Int(line)
+    return out
+  }
+
+  @inline(__always)
+  static func isDigit(_ c: UInt8) -> Bool { c &- 0x30 < 10 }
+
+  @inline(__always)
+  static func parseLine(_ b: UnsafePointer<UInt8>, _ start: Int, _ end: Int, _ line: Int32, _ out: inout ParsedTrace) {
+    // Find "mm_page_" after a space or a colon.
+    var j = start
+    let last = end &- 8
+    var name = -1
+    while j <= last {
+      if b[j] == 0x6D && b[j &+ 1] == 0x6D && b[j &+ 2] == 0x5F && b[j &+ 3] == 0x70 && b[j &+ 4] == 0x61
+        && b[j &+ 5] == 0x67 && b[j &+ 6] == 0x65 && b[j &+ 7] == 0x5F  // "mm_page_"
+        && j > start && (b[j &- 1] == 0x20 || b[j &- 1] == 0x3A)
+      {
+        name = j
+        break
+      }
+      j &+= 1
+    }
+    if name < 0 {
+      out.linesIgnored &+= 1
+      return
+    }
+    // "alloc:" or "free:" right after "mm_page_".
+    var k = name &+ 8
+    var kind: ReplayEvent.Kind
+    if k &+ 6 <= end && b[k] == 0x61 && b[k &+ 1] == 0x6C && b[k &+ 2] == 0x6C && b[k &+ 3] == 0x6F
+      && b[k &+ 4] == 0x63 && b[k &+ 5] == 0x3A
+    {
+      kind = .alloc
+      k &+= 6
+    } else if k &+ 5 <= end && b[k] == 0x66 && b[k &+ 1] == 0x72 && b[k &+ 2] == 0x65 && b[k &+ 3] == 0x65
+      && b[k &+ 4] == 0x3A
+    {
+      kind = .free
+      k &+= 5
+    } else {
+      out.linesIgnored &+= 1
+      return
+    }
+    let eventName = kind == .alloc ? "mm_page_alloc" : "mm_page_free"
+    // CPU: the last "[digits]" before the name.
+    var cpu = 0
+    var c = name &- 1
+    while c > start {
+      if b[c] == 0x5D {  // ']'
+        var d = c &- 1
+        var v = 0
+        var mul = 1
+        while d >= start && isDigit(b[d]) && mul <= 100_000 {
+          v &+= Int(b[d] &- 0x30) &* mul
+          mul &*= 10
+          d &-= 1
+        }
+        if d >= start && d < c &- 1 && b[d] == 0x5B {  // '['
+          cpu = v
+          break
+        }
+      }
+      c &-= 1
+    }
+    // Fields.
+    guard let pfnAt = findKey(b, k, end, 0x70, 0x66, 0x6E) else {  // "pfn="
+      malformed(&out, line, "\(eventName) line without pfn=")
+      return
+    }
+    var pfn = 0
+    var q = pfnAt
+    var digits = 0
+    if q &+ 1 < end && b[q] == 0x30 && (b[q &+ 1] == 0x78 || b[q &+ 1] == 0x58) {
+      q &+= 2
+      while q < end {
+        let ch = b[q]
+        var d: Int
+        if isDigit(ch) { d = Int(ch &- 0x30) }
+        else if ch | 0x20 >= 0x61 && ch | 0x20 <= 0x66 { d = Int((ch | 0x20) &- 0x61 &+ 10) }
+        else { break }
+        pfn = pfn &<< 4 | d
+        digits &+= 1
+        q &+= 1
+        if digits > 15 { break }
+      }
+    } else {
+      while q < end && isDigit(b[q]) && digits <= 18 {
+        pfn = pfn &* 10 &+ Int(b[q] &- 0x30)
+        digits &+= 1
+        q &+= 1
+      }
+    }
+    if digits == 0 || !isFieldEnd(b, q, end) {
+      malformed(&out, line, "\(eventName): bad pfn= value '\(fieldText(b, pfnAt, end))'")
+      return
+    }
+    guard let orderAt = findKey4(b, k, end) else {  // "order="
+      malformed(&out, line, "\(eventName) line without order=")
+      return
+    }
+    var order = 0
+    q = orderAt
+    digits = 0
+    while q < end && isDigit(b[q]) && digits < 4 {
+      order = order &* 10 &+ Int(b[q] &- 0x30)
+      digits &+= 1
+      q &+= 1
+    }
+    if digits == 0 || !isFieldEnd(b, q, end) {
+      malformed(&out, line, "\(eventName): bad order= value '\(fieldText(b, orderAt, end))'")
+      return
+    }
+    if order > PageGeometry.maxOrder {
+      malformed(&out, line, "\(eventName): order \(order) is above MAX_PAGE_ORDER (10)")
+      return
+    }
+    if kind == .alloc && pfn == 0 {
+      // A failed allocation: page=0, pfn=0.
+      out.allocFailures &+= 1
+      return
+    }
+    if pfn > pfnLimit &- (1 &<< order) {
+      malformed(&out, line, "\(eventName): pfn \(PFN(pfn)) is beyond the supported 2^32-2")
+      return
+    }
+    if cpu > out.maxCPU { out.maxCPU = cpu }
+    out.events.append(
+      ReplayEvent(pfn: pfn, line: line, cpu: UInt16(truncatingIfNeeded: cpu), order: UInt8(order), kind: kind))
+  }
+
+  /// A number ends at a space, a tab, a carriage return or the end of the line.
+  @inline(__always)
+  static func isFieldEnd(_ b: UnsafePointer<UInt8>, _ q: Int, _ end: Int) -> Bool {
+    q >= end || b[q] == 0x20 || b[q] == 0x09 || b[q] == 0x0D
+  }
+
+  /// The index after `xyz=` (a three-letter key preceded by a space), or nil.
+  @inline(__always)
+  static func findKey(_ b: UnsafePointer<UInt8>, _ from: Int, _ end: Int, _ x: UInt8, _ y: UInt8, _ z: UInt8) -> Int? {
+    var j = from
+    while j &+ 4 <= end {
+      if b[j] == x && b[j &+ 1] == y && b[j &+ 2] == z && b[j &+ 3] == 0x3D && (b[j &- 1] == 0x20 || b[j &- 1] == 0x09) {
+        return j &+ 4
+      }
+      j &+= 1
+    }
+    return nil
+  }
+
+  /// The index after ` order=`, or nil.
+  @inline(__always)
+  static func findKey4(_ b: UnsafePointer<UInt8>, _ from: Int, _ end: Int) -> Int? {
+    var j = from
+    while j &+ 6 <= end {
+      if b[j] == 0x6F && b[j &+ 1] == 0x72 && b[j &+ 2] == 0x64 && b[j &+ 3] == 0x65 && b[j &+ 4] == 0x72
+        && b[j &+ 5] == 0x3D && (b[j &- 1] == 0x20 || b[j &- 1] == 0x09)
+      {
+        return j &+ 6
+      }
+      j &+= 1
+    }
+    return nil
+  }
+
+  static func fieldText(_ b: UnsafePointer<UInt8>, _ from: Int, _ end: Int) -> String {
+    var q = from
+    while q < end && !isFieldEnd(b, q, end) && q &- from < 40 { q &+= 1 }
+    let bytes = UnsafeBufferPointer(start: b + from, count: q &- from)
+    return String(decoding: bytes, as: UTF8.self)
+  }
+
+  @inline(never)
+  static func malformed(_ out: inout ParsedTrace, _ line: Int32, _ reason: String) {
+    out.events.append(
+      ReplayEvent(pfn: out.malformedReasons.count, line: line, cpu: 0, order: 0, kind: .malformed))
+    out.malformedReasons.append(reason)
+  }
+}
