@@ -48,7 +48,7 @@ public struct TraceEvent: Sendable, Hashable {
     let head = "\(kind.rawValue): page=\(pagePointer) pfn=\(pfnText)"
     switch kind {
     case .pageAlloc:
-      return "\(head) order=\(order) migratetype=\(migrateType) gfp_flags=\(gfp)"
+      return "\(head) order=\(order) migratetype=\(migrateType) gfp_flags=\(gfp.isEmpty ? "none" : gfp.description)"
     case .pageFree:
       return "\(head) order=\(order)"
     case .pageFreeBatched:
@@ -60,14 +60,18 @@ public struct TraceEvent: Sendable, Hashable {
     }
   }
 
-  /// A whole line of the ftrace `trace` file.
+  /// A whole line of the ftrace `trace` file: `%16s-%-7d [%03d] ..... %5lu.%06lu: ` and
+  /// the event, as the kernel's trace_print_context() lays it out.
   public func ftraceLine(task: String = "pagealloc", pid: Int = 1, timestamp: Double) -> String {
     let cpuText = String(cpu)
     let cpuField = "[" + String(repeating: "0", count: max(0, 3 - cpuText.count)) + cpuText + "]"
-    let taskPid = "\(task)-\(pid)"
-    let padded = String(repeating: " ", count: max(0, 16 - taskPid.count)) + taskPid
-    let ts = String(format6: timestamp)
-    return "\(padded) \(cpuField) ..... \(ts): \(formatted)"
+    let comm = String(repeating: " ", count: max(0, 16 - task.count)) + task
+    let pidText = String(pid)
+    let pidField = pidText + String(repeating: " ", count: max(0, 7 - pidText.count))
+    var ts = String(format6: timestamp)
+    let secs = ts.prefix { $0 != "." }.count
+    if secs < 5 { ts = String(repeating: " ", count: 5 - secs) + ts }
+    return "\(comm)-\(pidField) \(cpuField) ..... \(ts): \(formatted)"
   }
 }
 

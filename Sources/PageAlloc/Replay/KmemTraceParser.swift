@@ -76,13 +76,16 @@ enum KmemTraceParser {
   @inline(__always)
   static func parseLine(_ b: UnsafePointer<UInt8>, _ start: Int, _ end: Int, _ line: Int32, _ out: inout ParsedTrace) {
     // Find "mm_page_" after a space or a colon.
-    var j = start
+    // memchr (vectorised) jumps from one 'm' to the next.
+    var j = start &+ 1
     let last = end &- 8
     var name = -1
     while j <= last {
-      if b[j] == 0x6D && b[j &+ 1] == 0x6D && b[j &+ 2] == 0x5F && b[j &+ 3] == 0x70 && b[j &+ 4] == 0x61
+      guard let m = memchr(b + j, 0x6D, last &+ 1 &- j) else { break }
+      j = UnsafeRawPointer(m).assumingMemoryBound(to: UInt8.self) - b
+      if b[j &+ 1] == 0x6D && b[j &+ 2] == 0x5F && b[j &+ 3] == 0x70 && b[j &+ 4] == 0x61
         && b[j &+ 5] == 0x67 && b[j &+ 6] == 0x65 && b[j &+ 7] == 0x5F  // "mm_page_"
-        && j > start && (b[j &- 1] == 0x20 || b[j &- 1] == 0x3A)
+        && (b[j &- 1] == 0x20 || b[j &- 1] == 0x3A)
       {
         name = j
         break
