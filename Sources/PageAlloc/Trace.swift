@@ -36,9 +36,10 @@ public struct TraceEvent: Sendable, Hashable {
   /// The `page=%p` value: a stable stand-in for the kernel's hashed struct page pointer.
   public var pagePointer: String {
     guard let pfn else { return "0000000000000000" }
-    var x = UInt64(truncatingIfNeeded: pfn.value) &* 0x9E37_79B9_7F4A_7C15
+    // pfn + 1, and never 0: a zero page= means a failed allocation.
+    var x = UInt64(truncatingIfNeeded: pfn.value &+ 1) &* 0x9E37_79B9_7F4A_7C15
     x ^= x >> 29
-    let s = String(x & 0xFFFF_FFFF, radix: 16)
+    let s = String(max(x & 0xFFFF_FFFF, 1), radix: 16)
     return String(repeating: "0", count: 16 - s.count) + s
   }
 

@@ -186,8 +186,8 @@ enum KmemTraceParser {
       malformed(&out, line, "\(eventName): order \(order) is above MAX_PAGE_ORDER (10)")
       return
     }
-    if kind == .alloc && pfn == 0 {
-      // A failed allocation: page=0, pfn=0.
+    if kind == .alloc && pfn == 0 && !hasNonNullPage(b, k, end) {
+      // A failed allocation: page=0 (or "(null)", or no page=) and pfn=0.
       out.allocFailures &+= 1
       return
     }
@@ -198,6 +198,30 @@ enum KmemTraceParser {
     if cpu > out.maxCPU { out.maxCPU = cpu }
     out.events.append(
       ReplayEvent(pfn: pfn, line: line, cpu: UInt16(truncatingIfNeeded: cpu), order: UInt8(order), kind: kind))
+  }
+
+  /// Whether the line has a `page=` field that is not a null pointer (all zeros, `0x0`,
+  /// `(null)`, `(nil)`): then pfn=0 is a real allocation of pfn 0, not a failure.
+  @inline(never)
+  static func hasNonNullPage(_ b: UnsafePointer<UInt8>, _ from: Int, _ end: Int) -> Bool {
+    var j = from
+    while j &+ 5 <= end {
+      if b[j] == 0x70 && b[j &+ 1] == 0x61 && b[j &+ 2] == 0x67 && b[j &+ 3] == 0x65 && b[j &+ 4] == 0x3D
+        && (b[j &- 1] == 0x20 || b[j &- 1] == 0x09)
+      {
+        var q = j &+ 5
+        if q &+ 1 < end && b[q] == 0x30 && (b[q &+ 1] == 0x78 || b[q &+ 1] == 0x58) { q &+= 2 }
+        if q < end && b[q] == 0x28 { return false }  // "(null)", "(nil)"
+        var any = false
+        while q < end && !isFieldEnd(b, q, end) {
+          if b[q] != 0x30 { any = true }
+          q &+= 1
+        }
+        return any
+      }
+      j &+= 1
+    }
+    return false
   }
 
   /// A number ends at a space, a tab, a carriage return or the end of the line.

@@ -197,6 +197,18 @@ public enum TraceReplay {
     report: ReplayReport, allocator: PageAllocator
   ) {
     let t0 = monotonicNanoseconds()
+    return try withFileBytes(path: path) { (bytes) throws(ReplayError) in
+      let readSeconds = Double(monotonicNanoseconds() &- t0) / 1e9
+      return try run(bytes: bytes, name: path, options: options, readSeconds: readSeconds)
+    }
+  }
+
+  /// Calls `body` with the bytes of `path`, inflated when it is gzip (zlib's gzread).
+  /// A missing or unreadable file, or a corrupt or truncated gzip stream, is a
+  /// ``ReplayError`` naming the line the data stopped in.
+  static func withFileBytes<R>(
+    path: String, _ body: (UnsafeRawBufferPointer) throws(ReplayError) -> R
+  ) throws(ReplayError) -> R {
     var raw: UnsafeMutablePointer<UInt8>?
     var len = 0
     var err = [CChar](repeating: 0, count: 256)
@@ -206,15 +218,13 @@ public enum TraceReplay {
       let msg = String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
       var line: Int?
       if let raw, len > 0 {
-        // Name the line the data stopped in.
         var n = 1
         for i in 0..<len where raw[i] == 0x0A { n += 1 }
         line = n
       }
       throw ReplayError(file: path, line: line, reason: msg)
     }
-    let readSeconds = Double(monotonicNanoseconds() &- t0) / 1e9
-    return try run(bytes: UnsafeRawBufferPointer(start: raw, count: len), name: path, options: options, readSeconds: readSeconds)
+    return try body(UnsafeRawBufferPointer(start: raw, count: len))
   }
 
   /// Replays trace text held in memory; `name` is used in messages.
