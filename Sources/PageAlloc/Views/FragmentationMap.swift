@@ -101,8 +101,10 @@ public struct FragmentationMap: Sendable {
   public func svg(title: String) -> String {
     let pb = PageGeometry.pageblockPages
     let n = cells.count
-    let cell = n > 16384 ? 4 : n > 4096 ? 6 : 10
-    let columns = max(1, min(n, 1024 / cell))
+    // Near-square grids for small zones, up to 256 columns of 4-pixel cells for big ones.
+    let (cell, maxColumns) =
+      n <= 256 ? (24, 16) : n <= 1024 ? (14, 64) : n <= 4096 ? (10, 96) : n <= 16384 ? (6, 160) : (4, 256)
+    let columns = max(1, min(n, maxColumns))
     let rows = (n + columns - 1) / columns
     let margin = 20
     let gridTop = 74
@@ -110,7 +112,7 @@ public struct FragmentationMap: Sendable {
     let gridH = rows * cell
     let chartTop = gridTop + gridH + 60
     let chartH = 180
-    let width = max(gridW, 700) + 2 * margin
+    let width = max(gridW + 2 * margin, 1040)
     let height = chartTop + chartH + 60
 
     let totalFree = freePagesPerOrder.reduce(0, +)
