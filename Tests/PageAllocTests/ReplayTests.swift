@@ -404,6 +404,22 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
     }
   }
 
+  /// A plain (uncompressed) file is read the same way; a directory is an error.
+  @Test func plainFileAndDirectory() throws {
+    let text = "t-1 [001] . 1.0: mm_page_alloc: page=1 pfn=0x2000 order=3 migratetype=0\nt-1 [001] . 1.0: mm_page_free: page=1 pfn=0x2000 order=3\n"
+    let path = writeTemp("plain.trace", Array(text.utf8))
+    defer { unlink(path) }
+    let (r, a) = try TraceReplay.run(path: path, options: .init(strict: true))
+    #expect(r.eventsApplied == 2 && r.linesRead == 2)
+    #expect(a.freeBlockCounts()[10] == 1)
+    do {
+      _ = try TraceReplay.run(path: "/tmp")
+      Issue.record("directory replayed")
+    } catch {
+      #expect(error.description == "/tmp: is a directory")
+    }
+  }
+
   /// A plain file cut in the middle of its last line: the cut line is malformed.
   @Test func truncatedPlainFileLastLineIsMalformed() throws {
     let text = "t-1 [000] . 1.0: mm_page_alloc: page=1 pfn=0x2000 order=0 migratetype=0\nt-1 [000] . 1.0: mm_page_free: page=1 pfn=0x20"

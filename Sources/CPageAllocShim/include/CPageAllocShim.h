@@ -36,8 +36,10 @@ void cpa_set_thread_cpu_override(int cpu);
 /// The current thread's errno.
 int cpa_errno(void);
 
-/// Reads a whole file, inflating gzip (zlib's gzread; plain files pass through). 0 on
-/// success; -1 with a message in err, and what was decoded so far in *out/*len.
-int cpa_read_maybe_gzip(const char *path, unsigned char **out, size_t *len, char *err, size_t errlen);
+/// Reads a whole file, inflating gzip with zlib (a plain file is mapped). 0 on success;
+/// -1 with a message in err, and what was decoded so far in *out/*len. Free *out with
+/// cpa_free_file_bytes(*out, *cap).
+int cpa_read_maybe_gzip(const char *path, unsigned char **out, size_t *len, size_t *cap, char *err, size_t errlen);
+void cpa_free_file_bytes(unsigned char *p, size_t cap);
 
 #endif

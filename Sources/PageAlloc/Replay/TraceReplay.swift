@@ -211,9 +211,10 @@ public enum TraceReplay {
   ) throws(ReplayError) -> R {
     var raw: UnsafeMutablePointer<UInt8>?
     var len = 0
+    var cap = 0
     var err = [CChar](repeating: 0, count: 256)
-    let rc = cpa_read_maybe_gzip(path, &raw, &len, &err, err.count)
-    defer { free(raw) }
+    let rc = cpa_read_maybe_gzip(path, &raw, &len, &cap, &err, err.count)
+    defer { cpa_free_file_bytes(raw, cap) }
     if rc != 0 {
       let msg = String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
       var line: Int?
