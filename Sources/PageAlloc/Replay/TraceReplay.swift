@@ -189,8 +189,9 @@ public enum TraceReplay {
     }
   }
 
-  /// Largest zone a replay builds without `--zone` (2^28 pages = 1 TiB).
-  public static let maxDerivedZonePages = 1 << 28
+  /// Largest zone a replay builds without `--zone` (2^27 pages = 512 GiB; the replay keeps
+  /// two bytes per page besides the page records).
+  public static let maxDerivedZonePages = 1 << 27
 
   /// Reads `path` (plain text or gzip, inflated with zlib) and replays it.
   public static func run(path: String, options: Options = Options()) throws(ReplayError) -> (
@@ -326,7 +327,7 @@ final class ReplayEngine {
         throw ReplayError(
           file: name, line: hiLine,
           reason:
-            "pfns span \(PFN(zoneStart))-\(PFN(zoneEnd)) (lowest on line \(loLine)), more than 2^28 pages; give --zone START-END"
+            "pfns span \(PFN(zoneStart))-\(PFN(zoneEnd)) (lowest on line \(loLine)), more than 2^27 pages; give --zone START-END"
         )
       }
     }
