@@ -28,29 +28,61 @@ extension PageAllocator {
   /// pages are counted in PGALLOC unless `account` is false (pages allocated before a
   /// trace began).
   ///
-  /// Locks: every pcp of the zone (in CPU order), then the zone lock.
+  /// Locks: when every page lies in buddy blocks, only the zone lock (buddy blocks change
+  /// only under it); when a pcp block is involved, every pcp lock of the zone (in CPU
+  /// order, since the block's CPU is not known), then the zone lock.
   /// - Complexity: O(count + MAX_PAGE_ORDER) for buddy blocks; a block on a pcp list also
-  ///   costs a walk to the nearer end of its list.
+  ///   costs a walk to the nearer end of its list, and cpuCount pcp locks.
   @usableFromInline
   func claimFreeRange(_ pfn: Int, count: Int, account: Bool = true) -> ClaimResult {
     precondition(count > 0)
     let end = pfn &+ count
     guard let zi = zoneIndex(pfn), end <= zones[zi].end else { return .outOfRange }
     let z = zones + zi
+    // Fast path: buddy blocks only, under the zone lock alone.
+    z.pointee.lock.lock()
+    switch coveringBlocks(pfn, end) {
+    case .busy:
+      z.pointee.lock.unlock()
+      return .busy
+    case .buddyOnly:
+      claimLocked(z, zi, pfn, end, account)
+      z.pointee.lock.unlock()
+      return .claimed
+    case .someOnPcp:
+      z.pointee.lock.unlock()
+    }
     for cpu in 0..<cpuCount { pcp(cpu &* zoneCount &+ zi).pointee.lock.lock() }
     z.pointee.lock.lock()
     defer {
       z.pointee.lock.unlock()
       for cpu in 0..<cpuCount { pcp(cpu &* zoneCount &+ zi).pointee.lock.unlock() }
     }
-    // Pass 1: every page must be inside a free block.
+    if coveringBlocks(pfn, end) == .busy { return .busy }
+    claimLocked(z, zi, pfn, end, account)
+    return .claimed
+  }
+
+  private enum Coverage { case busy, buddyOnly, someOnPcp }
+
+  /// Whether every page of `[pfn, end)` is inside a free block, and where those are.
+  /// Exact for buddy blocks under the zone lock; pcp blocks need their pcp lock too.
+  private func coveringBlocks(_ pfn: Int, _ end: Int) -> Coverage {
     var p = pfn
+    var pcpSeen = false
     while p < end {
       guard memMap.record(p) != nil, let b = freeBlockContaining(p) else { return .busy }
+      if b.onPcp { pcpSeen = true }
       p = b.head &+ (1 &<< b.order)
     }
-    // Pass 2: take each covering block off its list and give back what lies outside.
-    p = pfn
+    return pcpSeen ? .someOnPcp : .buddyOnly
+  }
+
+  /// The claim itself, with the locks `claimFreeRange` took and the coverage checked.
+  private func claimLocked(_ z: UnsafeMutablePointer<Zone>, _ zi: Int, _ pfn: Int, _ end: Int, _ account: Bool) {
+    let count = end &- pfn
+    // Take each covering block off its list and give back what lies outside.
+    var p = pfn
     while p < end {
       let b = freeBlockContaining(p).unsafelyUnwrapped
       if b.onPcp {
@@ -63,7 +95,7 @@ extension PageAllocator {
       if blockEnd > end { giveBack(z, end, blockEnd) }
       p = blockEnd
     }
-    // Pass 3: the split_page() state.
+    // The split_page() state.
     var q = pfn
     while q < end {
       let r = memMap.presentRecord(q)
@@ -72,7 +104,6 @@ extension PageAllocator {
       q &+= 1
     }
     if account { z.pointee.pgalloc &+= count }
-    return .claimed
   }
 
   /// Returns the free pages `[start, end)` (the rest of a split block) to the buddy lists

@@ -115,6 +115,39 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
     try a.verify()
   }
 
+  /// Claims race with allocations and frees on other threads; the state stays valid.
+  @Test func claimUnderConcurrency() async throws {
+    let a = try PageAllocator(configuration: .normal(pages: 1 << 15, cpuCount: 2, backing: .none))
+    await withTaskGroup(of: Void.self) { g in
+      for t in 0..<2 {
+        g.addTask {
+          cpa_set_thread_cpu_override(Int32(t))
+          var rng = SplitMix(seed: UInt64(t + 10))
+          var live: [(PFN, Int)] = []
+          for _ in 0..<20000 {
+            let order = Int(rng.next() % 4)
+            if live.count < 200 && rng.next() % 2 == 0, let p = a.allocPages(order: order, gfp: [.kernel, .noWarn]) {
+              live.append((p, order))
+            } else if let (p, o) = live.popLast() {
+              a.freePages(p, order: o)
+            }
+          }
+          cpa_set_thread_cpu_override(-1)
+        }
+      }
+      g.addTask {
+        var rng = SplitMix(seed: 99)
+        for _ in 0..<5000 {
+          let n = 1 + Int(rng.next() % 8)
+          let p = Int(rng.next() % UInt64((1 << 15) - n))
+          if a.claimFreeRange(p, count: n) == .claimed { a.freeContigRange(PFN(p), count: n) }
+        }
+      }
+    }
+    #expect(a.badPageCount == 0)
+    try a.verify()
+  }
+
   // MARK: - Round trip
 
   /// A random workload with a sink installed; its events, printed as ftrace lines and
