@@ -332,6 +332,26 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
     try a.verify()
   }
 
+  /// The map of a replay colours cells by the trace's migratetype= and marks mixed blocks.
+  @Test func replayMapUsesAllocationTypes() throws {
+    let text = """
+      t-1 [000] . 1.0: mm_page_alloc: page=1 pfn=0x2000 order=0 migratetype=0 gfp_flags=GFP_KERNEL
+      t-1 [000] . 1.0: mm_page_alloc: page=1 pfn=0x2001 order=0 migratetype=1 gfp_flags=GFP_HIGHUSER_MOVABLE
+      t-1 [000] . 1.0: mm_page_alloc: page=1 pfn=0x2002 order=1 migratetype=1 gfp_flags=GFP_HIGHUSER_MOVABLE
+      t-1 [000] . 1.0: mm_page_alloc: page=1 pfn=0x2200 order=2 migratetype=2 gfp_flags=GFP_KERNEL|__GFP_RECLAIMABLE
+      t-1 [000] . 1.0: mm_page_free: page=1 pfn=0x2400 order=0
+      """
+    let (r, a) = try replay(text, strict: true)
+    #expect(r.allocatedByType.count == 4)  // zone 0x2000-0x2800
+    #expect(r.allocatedByType[2] == [0, 0, 0, 0, 0, 0, 0])  // the pre-trace page at 0x2400 was freed
+    #expect(r.allocatedByType[0] == [1, 3, 0, 0, 0, 0, 0])
+    #expect(r.allocatedByType[1] == [0, 0, 4, 0, 0, 0, 0])
+    let m = FragmentationMap(allocator: a, allocatedByType: r.allocatedByType)
+    #expect(m.cells[0].isMixed && m.cells[0].displayType == .movable)
+    #expect(!m.cells[1].isMixed && m.cells[1].displayType == .reclaimable)
+    #expect(m.svg(title: "t").contains("1 mixed blocks"))
+  }
+
   // MARK: - Anomalies and bad input
 
   func anomalyTrace() -> String {

@@ -10,11 +10,28 @@ struct ReplayEvent {
     /// `pfn` holds the index of the reason in ``ParsedTrace/malformedReasons``.
     case malformed = 2
   }
-  @usableFromInline var pfn: Int
+  /// The pfn (below 2^32 - 2), or for `.malformed` the reason's index.
+  @usableFromInline var pfn32: UInt32
   @usableFromInline var line: Int32
   @usableFromInline var cpu: UInt16
   @usableFromInline var order: UInt8
   @usableFromInline var kind: Kind
+  /// `migratetype=` of an mm_page_alloc line (0...5), or ``ReplayEvent/unknownType``.
+  @usableFromInline var migrateType: UInt8
+
+  @usableFromInline static let unknownType: UInt8 = 7
+
+  @inlinable var pfn: Int { Int(pfn32) }
+
+  @inlinable
+  init(pfn: Int, line: Int32, cpu: UInt16, order: UInt8, kind: Kind, migrateType: UInt8 = ReplayEvent.unknownType) {
+    pfn32 = UInt32(truncatingIfNeeded: pfn)
+    self.line = line
+    self.cpu = cpu
+    self.order = order
+    self.kind = kind
+    self.migrateType = migrateType
+  }
 }
 
 /// What the parser found in a whole trace.
@@ -196,8 +213,15 @@ enum KmemTraceParser {
       return
     }
     if cpu > out.maxCPU { out.maxCPU = cpu }
+    var mt = ReplayEvent.unknownType
+    if kind == .alloc, let at = findKeyMigratetype(b, q, end), at < end, isDigit(b[at]),
+      b[at] &- 0x30 < UInt8(MigrateType.count), isFieldEnd(b, at &+ 1, end)
+    {
+      mt = b[at] &- 0x30
+    }
     out.events.append(
-      ReplayEvent(pfn: pfn, line: line, cpu: UInt16(truncatingIfNeeded: cpu), order: UInt8(order), kind: kind))
+      ReplayEvent(
+        pfn: pfn, line: line, cpu: UInt16(truncatingIfNeeded: cpu), order: UInt8(order), kind: kind, migrateType: mt))
   }
 
   /// Whether the line has a `page=` field that is not a null pointer (all zeros, `0x0`,
@@ -237,6 +261,22 @@ enum KmemTraceParser {
     while j &+ 4 <= end {
       if b[j] == x && b[j &+ 1] == y && b[j &+ 2] == z && b[j &+ 3] == 0x3D && (b[j &- 1] == 0x20 || b[j &- 1] == 0x09) {
         return j &+ 4
+      }
+      j &+= 1
+    }
+    return nil
+  }
+
+  /// The index after ` migratetype=`, or nil (it follows order= in mm_page_alloc).
+  @inline(__always)
+  static func findKeyMigratetype(_ b: UnsafePointer<UInt8>, _ from: Int, _ end: Int) -> Int? {
+    var j = from
+    while j &+ 12 <= end {
+      if b[j] == 0x6D && b[j &+ 1] == 0x69 && b[j &+ 2] == 0x67 && b[j &+ 3] == 0x72 && b[j &+ 4] == 0x61
+        && b[j &+ 5] == 0x74 && b[j &+ 6] == 0x65 && b[j &+ 7] == 0x74 && b[j &+ 8] == 0x79 && b[j &+ 9] == 0x70
+        && b[j &+ 10] == 0x65 && b[j &+ 11] == 0x3D && (b[j &- 1] == 0x20 || b[j &- 1] == 0x09)
+      {
+        return j &+ 12
       }
       j &+= 1
     }

@@ -63,6 +63,9 @@ public struct ReplayReport: Sendable {
   public var buddyInfo: String
   /// nr_free per order 0...10 for each zone.
   public var buddyCounts: [[Int]]
+  /// Per pageblock of the zone: the pages still allocated at the end, by the migratetype
+  /// of their mm_page_alloc line (0...5; index 6: unknown). For ``FragmentationMap``.
+  public var allocatedByType: [[Int]]
   /// Reading (and inflating) the file.
   public var readSeconds: Double
   /// Parsing the bytes into events.
@@ -251,7 +254,7 @@ public enum TraceReplay {
         ReplayReport.AnomalyCount(kind: $0.element, count: engine.anomalyCounts[$0.offset], firstLines: engine.anomalyLines[$0.offset])
       },
       zones: a.configuration.zones, cpuCount: a.configuration.cpuCount, buddyInfo: a.buddyInfo(),
-      buddyCounts: stats.map(\.freeBlocks), readSeconds: readSeconds,
+      buddyCounts: stats.map(\.freeBlocks), allocatedByType: engine.allocatedByType(), readSeconds: readSeconds,
       parseSeconds: Double(t1 &- t0) / 1e9, setupSeconds: Double(t2 &- t1) / 1e9,
       replaySeconds: Double(t3 &- t2) / 1e9)
     return (report, a)
@@ -280,7 +283,8 @@ final class ReplayEngine {
   let zoneStart: Int
   let zoneEnd: Int
   let cpuCount: Int
-  /// One byte per pfn of the zone: 0 free, 1 allocated.
+  /// One byte per pfn of the zone: 0 free, else allocated, as 1 + the allocation's
+  /// migratetype from the trace (8: unknown, e.g. allocated before the trace).
   let state: UnsafeMutablePointer<UInt8>
   var allocs = 0
   var frees = 0
@@ -366,7 +370,7 @@ final class ReplayEngine {
         while p < end {
           if seen[p] == 0 {
             seen[p] = 1
-            if e.kind == .free { st[p] = 1 }
+            if e.kind == .free { st[p] = 1 &+ ReplayEvent.unknownType }
           }
           p &+= 1
         }
@@ -429,8 +433,9 @@ final class ReplayEngine {
           let r = a.claimFreeRange(e.pfn, count: n)
           precondition(r == .claimed, "replay state and allocator disagree at \(PFN(e.pfn))")
           p = off
+          let v = 1 &+ e.migrateType
           while p < end {
-            st[p] = 1
+            st[p] = v
             p &+= 1
           }
           allocs &+= 1
@@ -461,6 +466,19 @@ final class ReplayEngine {
       }
     }
     a.drainAllPages()
+  }
+
+  /// Per pageblock (from the zone start rounded down to a pageblock, as
+  /// ``FragmentationMap`` lays its cells out): allocated pages by the migratetype their
+  /// mm_page_alloc line gave, 0...5, and at index 6 the pages of unknown type.
+  func allocatedByType() -> [[Int]] {
+    let pb = PageGeometry.pageblockPages
+    let first = zoneStart & ~(pb - 1)
+    var out = [[Int]](repeating: [Int](repeating: 0, count: 7), count: (zoneEnd - first + pb - 1) / pb)
+    for i in 0..<(zoneEnd - zoneStart) where state[i] != 0 {
+      out[(zoneStart + i - first) / pb][min(Int(state[i]) - 1, 6)] += 1
+    }
+    return out
   }
 
   /// The replay's own record of the free pages: pfns free at the end.

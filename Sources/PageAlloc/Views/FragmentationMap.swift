@@ -11,6 +11,25 @@ public struct FragmentationMap: Sendable {
     public var freePages: Int
     /// The largest free block (order) inside the pageblock, -1 when none.
     public var largestFreeOrder: Int
+    /// Allocated pages by the migratetype of their allocation (0...5, index 6 unknown),
+    /// when known (a trace replay); nil otherwise.
+    public var allocatedByType: [Int]?
+
+    /// The type the cell is drawn in: the majority type of its allocations when they are
+    /// known, else the pageblock's type.
+    public var displayType: MigrateType? {
+      guard let type else { return nil }
+      guard let c = allocatedByType, c[0..<6].reduce(0, +) > 0 else { return type }
+      let best = (0..<6).max { c[$0] < c[$1] }!
+      return MigrateType(rawValue: best)
+    }
+
+    /// Allocations of more than one migratetype in the block (known types only): the
+    /// kernel's "mixed" pageblock, where an unmovable page pins a movable block.
+    public var isMixed: Bool {
+      guard let c = allocatedByType else { return false }
+      return c[0..<6].filter { $0 > 0 }.count > 1
+    }
 
     /// Free memory here, but only in blocks of order 3 or less (PAGE_ALLOC_COSTLY_ORDER):
     /// at least 1/16 of the block free and no free block above order 3.
@@ -26,8 +45,15 @@ public struct FragmentationMap: Sendable {
   public var freeBlocksPerOrder: [Int]
   public var zones: [ZoneConfiguration]
 
+  /// Whether cells carry allocation types (a replay's map).
+  public var hasAllocationTypes: Bool
+
   /// Reads the allocator's free blocks (buddy lists and pcp lists) and pageblock types.
-  public init(allocator a: PageAllocator) {
+  /// `allocatedByType` (one entry per pageblock from the first zone's start rounded down
+  /// to a pageblock, e.g. ``ReplayReport/allocatedByType``) colours each cell by the
+  /// migratetype of the allocations in it and marks mixed blocks.
+  public init(allocator a: PageAllocator, allocatedByType: [[Int]]? = nil) {
+    hasAllocationTypes = allocatedByType != nil
     zones = a.configuration.zones
     let pb = PageGeometry.pageblockPages
     let first = zones.first!.pfns.lowerBound.value & ~(pb - 1)
@@ -37,7 +63,8 @@ public struct FragmentationMap: Sendable {
     while p < last {
       let inZone = a.zoneKind(of: PFN(p)) != nil || a.zoneKind(of: PFN(p + pb - 1)) != nil
       let t: MigrateType? = inZone && a.isPresent(PFN(p)) ? a.migrateType(of: PFN(p)) : nil
-      cells.append(Cell(pfn: PFN(p), type: t, freePages: 0, largestFreeOrder: -1))
+      let counts = allocatedByType.flatMap { cells.count < $0.count ? $0[cells.count] : nil }
+      cells.append(Cell(pfn: PFN(p), type: t, freePages: 0, largestFreeOrder: -1, allocatedByType: counts))
       p += pb
     }
     var pages = [Int](repeating: 0, count: PageGeometry.orderCount)
@@ -121,6 +148,7 @@ public struct FragmentationMap: Sendable {
     let fullyFree = cells.filter { $0.type != nil && $0.freePages == pb }.count
     let unusable = unusableFreeIndex(order: PageGeometry.pageblockOrder)
     let unusable4 = unusableFreeIndex(order: PageGeometry.costlyOrder + 1)
+    let mixed = cells.filter(\.isMixed).count
 
     var s = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
     s += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(width)\" height=\"\(height)\" viewBox=\"0 0 \(width) \(height)\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n"
@@ -129,7 +157,11 @@ public struct FragmentationMap: Sendable {
     s += "<text x=\"\(margin)\" y=\"22\" font-size=\"15\" font-weight=\"bold\">\(escape(title))</text>\n"
     let zoneText = zones.map { "\($0.kind) \($0.pfns.lowerBound)-\($0.pfns.upperBound)" }.joined(separator: ", ")
     s += "<text x=\"\(margin)\" y=\"40\" font-size=\"11\">\(escape(zoneText)): \(present) pageblocks of \(pb) pages; free \(totalFree) pages; \(fullyFree) pageblocks wholly free; \(fragmented) fragmented (hatched)</text>\n"
-    s += "<text x=\"\(margin)\" y=\"55\" font-size=\"11\">unusable free index: order 4 \(fmt(unusable4)), order 9 \(fmt(unusable)) (share of free pages in smaller blocks)</text>\n"
+    var line2 = "unusable free index: order 4 \(fmt(unusable4)), order 9 \(fmt(unusable)) (share of free pages in smaller blocks)"
+    if hasAllocationTypes {
+      line2 += "; colour: majority migratetype= of the pages allocated in the block; \(mixed) mixed blocks (black corner)"
+    }
+    s += "<text x=\"\(margin)\" y=\"55\" font-size=\"11\">\(escape(line2))</text>\n"
     // Legend.
     var lx = margin
     for t in MigrateType.allCases {
@@ -140,12 +172,16 @@ public struct FragmentationMap: Sendable {
     s += "<rect x=\"\(lx)\" y=\"60\" width=\"10\" height=\"10\" fill=\"\(FragmentationMap.shade(.movable, free: 1))\" stroke=\"#999\" stroke-width=\"0.5\"/><text x=\"\(lx + 13)\" y=\"69\" font-size=\"10\">paler = more free</text>\n"
     lx += 110
     s += "<rect x=\"\(lx)\" y=\"60\" width=\"10\" height=\"10\" fill=\"\(FragmentationMap.shade(.movable, free: 0.6))\"/><rect x=\"\(lx)\" y=\"60\" width=\"10\" height=\"10\" fill=\"url(#frag)\"/><text x=\"\(lx + 13)\" y=\"69\" font-size=\"10\">hatched = free only in blocks of order ≤ 3</text>\n"
+    if hasAllocationTypes {
+      lx += 225
+      s += "<rect x=\"\(lx)\" y=\"60\" width=\"10\" height=\"10\" fill=\"\(FragmentationMap.shade(.movable, free: 0.3))\"/><path d=\"M\(lx),60 h5 l-5,5 z\" fill=\"#000\"/><text x=\"\(lx + 13)\" y=\"69\" font-size=\"10\">mixed types</text>\n"
+    }
     // Grid.
     s += "<g shape-rendering=\"crispEdges\">\n"
     for (i, c) in cells.enumerated() {
       let x = margin + (i % columns) * cell
       let y = gridTop + (i / columns) * cell
-      guard let t = c.type else {
+      guard let t = c.displayType else {
         s += "<rect x=\"\(x)\" y=\"\(y)\" width=\"\(cell)\" height=\"\(cell)\" fill=\"#eeeeee\"/>\n"
         continue
       }
@@ -153,6 +189,10 @@ public struct FragmentationMap: Sendable {
       s += "<rect x=\"\(x)\" y=\"\(y)\" width=\"\(cell)\" height=\"\(cell)\" fill=\"\(fill)\" stroke=\"#ffffff\" stroke-width=\"0.5\"><title>\(c.pfn) \(t): \(c.freePages)/\(pb) free, largest free order \(c.largestFreeOrder)</title></rect>\n"
       if c.isFragmented {
         s += "<rect x=\"\(x)\" y=\"\(y)\" width=\"\(cell)\" height=\"\(cell)\" fill=\"url(#frag)\" opacity=\"0.55\"/>\n"
+      }
+      if c.isMixed {
+        let k = max(cell / 2, 3)
+        s += "<path d=\"M\(x),\(y) h\(k) l-\(k),\(k) z\" fill=\"#000\"/>\n"
       }
     }
     s += "</g>\n"
