@@ -116,3 +116,53 @@ int cpa_read_maybe_gzip(const char *path, unsigned char **out, size_t *len, size
   *capOut = cap;
   return rc;
 }
+
+// Streaming: whether a file is gzip (1), plain (0), or unreadable (-1, message in err).
+int cpa_file_is_gzip(const char *path, char *err, size_t errlen) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    snprintf(err, errlen, "%s", strerror(errno));
+    return -1;
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    snprintf(err, errlen, "%s", S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
+    close(fd);
+    return -1;
+  }
+  unsigned char magic[2] = {0, 0};
+  ssize_t m = pread(fd, magic, 2, 0);
+  close(fd);
+  return m == 2 && magic[0] == 0x1f && magic[1] == 0x8b;
+}
+
+void *cpa_gz_open(const char *path, char *err, size_t errlen) {
+  gzFile f = gzopen(path, "rb");
+  if (f == NULL) {
+    snprintf(err, errlen, "%s", errno ? strerror(errno) : "out of memory");
+    return NULL;
+  }
+  gzbuffer(f, 1 << 17);
+  return f;
+}
+
+long cpa_gz_read(void *h, unsigned char *buf, size_t len, char *err, size_t errlen) {
+  gzFile f = h;
+  int got = gzread(f, buf, (unsigned)(len > (1u << 30) ? (1u << 30) : len));
+  int e;
+  if (got < 0) {
+    const char *msg = gzerror(f, &e);
+    snprintf(err, errlen, "%s", e == Z_ERRNO ? strerror(errno) : msg);
+    return -1;
+  }
+  if (got == 0) {
+    const char *msg = gzerror(f, &e);
+    if (e != Z_OK) {
+      snprintf(err, errlen, "%s", e == Z_BUF_ERROR ? "truncated gzip stream (unexpected end of file)" : msg);
+      return -1;
+    }
+  }
+  return got;
+}
+
+void cpa_gz_close(void *h) { gzclose((gzFile)h); }

@@ -67,13 +67,19 @@ enum KmemTraceParser {
 
   static func parse(_ buffer: UnsafeRawBufferPointer) -> ParsedTrace {
     var out = ParsedTrace()
-    guard let base = buffer.baseAddress?.assumingMemoryBound(to: UInt8.self), buffer.count > 0 else {
-      return out
-    }
+    out.events.reserveCapacity(buffer.count / 160 + 16)
+    feed(buffer, &out)
+    return out
+  }
+
+  /// Parses every line of `buffer` into `out`, numbering lines on from `out.linesRead`.
+  /// A streaming caller feeds whole lines (up to a newline) and the unterminated last line
+  /// at the end.
+  static func feed(_ buffer: UnsafeRawBufferPointer, _ out: inout ParsedTrace) {
+    guard let base = buffer.baseAddress?.assumingMemoryBound(to: UInt8.self), buffer.count > 0 else { return }
     let n = buffer.count
-    out.events.reserveCapacity(n / 160 + 16)
     var i = 0
-    var line: Int32 = 0
+    var line = Int32(truncatingIfNeeded: out.linesRead)
     while i < n {
       line &+= 1
       var e = n
@@ -84,7 +90,6 @@ enum KmemTraceParser {
       i = e &+ 1
     }
     out.linesRead = Int(line)
-    return out
   }
 
   @inline(__always)

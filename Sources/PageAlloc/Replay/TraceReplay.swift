@@ -196,15 +196,73 @@ public enum TraceReplay {
   /// two bytes per page besides the page records).
   public static let maxDerivedZonePages = 1 << 27
 
-  /// Reads `path` (plain text or gzip, inflated with zlib) and replays it.
+  /// Reads `path` and replays it. A plain file is mapped and parsed in place; a gzip file
+  /// is inflated with zlib in 1 MiB pieces, each parsed at once, so memory stays bounded
+  /// by the events, not the text, and the text is read while it is still in cache.
   public static func run(path: String, options: Options = Options()) throws(ReplayError) -> (
     report: ReplayReport, allocator: PageAllocator
   ) {
-    let t0 = monotonicNanoseconds()
-    return try withFileBytes(path: path) { (bytes) throws(ReplayError) in
-      let readSeconds = Double(monotonicNanoseconds() &- t0) / 1e9
-      return try run(bytes: bytes, name: path, options: options, readSeconds: readSeconds)
+    var err = [CChar](repeating: 0, count: 256)
+    func message() -> String { String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+    let gz = cpa_file_is_gzip(path, &err, err.count)
+    if gz < 0 { throw ReplayError(file: path, line: nil, reason: message()) }
+    if gz == 0 {
+      let t0 = monotonicNanoseconds()
+      return try withFileBytes(path: path) { (bytes) throws(ReplayError) in
+        let readSeconds = Double(monotonicNanoseconds() &- t0) / 1e9
+        return try run(bytes: bytes, name: path, options: options, readSeconds: readSeconds)
+      }
     }
+    guard let h = cpa_gz_open(path, &err, err.count) else { throw ReplayError(file: path, line: nil, reason: message()) }
+    defer { cpa_gz_close(h) }
+    var cap = 1 << 20
+    var buf = UnsafeMutablePointer<UInt8>.allocate(capacity: cap)
+    defer { buf.deallocate() }
+    var carry = 0
+    var parsed = ParsedTrace()
+    parsed.events.reserveCapacity(1 << 16)
+    var readNs: UInt64 = 0
+    var parseNs: UInt64 = 0
+    while true {
+      let t0 = monotonicNanoseconds()
+      let got = cpa_gz_read(h, buf + carry, cap - carry, &err, err.count)
+      let t1 = monotonicNanoseconds()
+      readNs &+= t1 &- t0
+      if got < 0 {
+        // Name the line the data stopped in.
+        var line = parsed.linesRead + 1
+        for i in 0..<carry where buf[i] == 0x0A { line += 1 }
+        throw ReplayError(file: path, line: line, reason: message())
+      }
+      if got == 0 {
+        KmemTraceParser.feed(UnsafeRawBufferPointer(start: buf, count: carry), &parsed)
+        parseNs &+= monotonicNanoseconds() &- t1
+        break
+      }
+      let total = carry + got
+      var last = total - 1
+      while last >= 0 && buf[last] != 0x0A { last -= 1 }
+      guard last >= 0 else {
+        carry = total
+        if carry == cap {
+          // One line longer than the buffer: grow it.
+          let bigger = UnsafeMutablePointer<UInt8>.allocate(capacity: cap * 2)
+          bigger.update(from: buf, count: carry)
+          buf.deallocate()
+          buf = bigger
+          cap *= 2
+        }
+        continue
+      }
+      let whole = last + 1
+      KmemTraceParser.feed(UnsafeRawBufferPointer(start: buf, count: whole), &parsed)
+      carry = total - whole
+      if carry > 0 { memmove(buf, buf + whole, carry) }
+      parseNs &+= monotonicNanoseconds() &- t1
+    }
+    return try replay(
+      parsed: parsed, name: path, options: options, readSeconds: Double(readNs) / 1e9,
+      parseSeconds: Double(parseNs) / 1e9)
   }
 
   /// Calls `body` with the bytes of `path`, inflated when it is gzip (zlib's gzread).
@@ -239,6 +297,15 @@ public enum TraceReplay {
     let t0 = monotonicNanoseconds()
     let parsed = KmemTraceParser.parse(bytes)
     let t1 = monotonicNanoseconds()
+    return try replay(
+      parsed: parsed, name: name, options: options, readSeconds: readSeconds, parseSeconds: Double(t1 &- t0) / 1e9)
+  }
+
+  /// Builds the zone and applies the parsed events.
+  static func replay(
+    parsed: ParsedTrace, name: String, options: Options, readSeconds: Double, parseSeconds: Double
+  ) throws(ReplayError) -> (report: ReplayReport, allocator: PageAllocator) {
+    let t1 = monotonicNanoseconds()
     let engine = try ReplayEngine(parsed: parsed, name: name, options: options)
     let t2 = monotonicNanoseconds()
     try engine.apply()
@@ -255,7 +322,7 @@ public enum TraceReplay {
       },
       zones: a.configuration.zones, cpuCount: a.configuration.cpuCount, buddyInfo: a.buddyInfo(),
       buddyCounts: stats.map(\.freeBlocks), allocatedByType: engine.allocatedByType(), readSeconds: readSeconds,
-      parseSeconds: Double(t1 &- t0) / 1e9, setupSeconds: Double(t2 &- t1) / 1e9,
+      parseSeconds: parseSeconds, setupSeconds: Double(t2 &- t1) / 1e9,
       replaySeconds: Double(t3 &- t2) / 1e9)
     return (report, a)
   }
