@@ -13,7 +13,8 @@ let package = Package(
   ],
   targets: [
     // memfd_create, fallocate and sched_getcpu need _GNU_SOURCE (see swift-notes.md section 2).
-    .target(name: "CPageAllocShim", cSettings: [.define("_GNU_SOURCE")]),
+    // zlib (-lz) inflates gzip'd kernel traces for `pagealloc replay`.
+    .target(name: "CPageAllocShim", cSettings: [.define("_GNU_SOURCE")], linkerSettings: [.linkedLibrary("z")]),
     .target(name: "PageAlloc", dependencies: ["CPageAllocShim"]),
     .executableTarget(
       name: "pagealloc",

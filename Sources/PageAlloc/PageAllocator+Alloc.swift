@@ -47,8 +47,8 @@ extension PageAllocator {
       return nil
     }
     if _slowPath(faultsEnabled.load(ordering: .relaxed)) && shouldInjectFailure(order, gfp) {
+      // prepare_alloc_pages() fails before __alloc_frozen_pages() traces: no mm_page_alloc.
       reportAllocFailure(order, gfp)
-      tracePageAlloc(nil, order, gfp.migrateType.rawValue, gfp)
       return nil
     }
     let mt = gfp.migrateType.rawValue

@@ -280,7 +280,7 @@ extension PageAllocator {
         delFromFreeList(z, pfn, current, fb.rawValue)
         expand(z, pfn, order, current, fb.rawValue)
         z.pointee.fallbackAllocs = z.pointee.fallbackAllocs + 1
-        traceZoneLocked(pfn, order, fb.rawValue)
+        // The kernel traces mm_page_alloc_extfrag here, not mm_page_alloc_zone_locked.
         return pfn
       }
     }

@@ -36,9 +36,10 @@ public struct TraceEvent: Sendable, Hashable {
   /// The `page=%p` value: a stable stand-in for the kernel's hashed struct page pointer.
   public var pagePointer: String {
     guard let pfn else { return "0000000000000000" }
-    var x = UInt64(truncatingIfNeeded: pfn.value) &* 0x9E37_79B9_7F4A_7C15
+    // pfn + 1, and never 0: a zero page= means a failed allocation.
+    var x = UInt64(truncatingIfNeeded: pfn.value &+ 1) &* 0x9E37_79B9_7F4A_7C15
     x ^= x >> 29
-    let s = String(x & 0xFFFF_FFFF, radix: 16)
+    let s = String(max(x & 0xFFFF_FFFF, 1), radix: 16)
     return String(repeating: "0", count: 16 - s.count) + s
   }
 
@@ -48,7 +49,7 @@ public struct TraceEvent: Sendable, Hashable {
     let head = "\(kind.rawValue): page=\(pagePointer) pfn=\(pfnText)"
     switch kind {
     case .pageAlloc:
-      return "\(head) order=\(order) migratetype=\(migrateType) gfp_flags=\(gfp)"
+      return "\(head) order=\(order) migratetype=\(migrateType) gfp_flags=\(gfp.isEmpty ? "none" : gfp.description)"
     case .pageFree:
       return "\(head) order=\(order)"
     case .pageFreeBatched:
@@ -60,14 +61,18 @@ public struct TraceEvent: Sendable, Hashable {
     }
   }
 
-  /// A whole line of the ftrace `trace` file.
+  /// A whole line of the ftrace `trace` file: `%16s-%-7d [%03d] ..... %5lu.%06lu: ` and
+  /// the event, as the kernel's trace_print_context() lays it out.
   public func ftraceLine(task: String = "pagealloc", pid: Int = 1, timestamp: Double) -> String {
     let cpuText = String(cpu)
     let cpuField = "[" + String(repeating: "0", count: max(0, 3 - cpuText.count)) + cpuText + "]"
-    let taskPid = "\(task)-\(pid)"
-    let padded = String(repeating: " ", count: max(0, 16 - taskPid.count)) + taskPid
-    let ts = String(format6: timestamp)
-    return "\(padded) \(cpuField) ..... \(ts): \(formatted)"
+    let comm = String(repeating: " ", count: max(0, 16 - task.count)) + task
+    let pidText = String(pid)
+    let pidField = pidText + String(repeating: " ", count: max(0, 7 - pidText.count))
+    var ts = String(format6: timestamp)
+    let secs = ts.prefix { $0 != "." }.count
+    if secs < 5 { ts = String(repeating: " ", count: 5 - secs) + ts }
+    return "\(comm)-\(pidField) \(cpuField) ..... \(ts): \(formatted)"
   }
 }
 

@@ -1,0 +1,166 @@
+// Claiming exact pages: what trace replay needs to reproduce "the kernel handed out these
+// pages" without going through the allocation policy.
+
+/// The outcome of ``PageAllocator/claimFreeRange(_:count:)``.
+@usableFromInline
+enum ClaimResult: Equatable {
+  case claimed
+  /// Some page is not free (in use, quarantined, reserved, or in a hole).
+  case busy
+  /// The range is not inside one zone.
+  case outOfRange
+}
+
+extension PageAllocator {
+  /// Takes exactly the pages `[pfn, pfn + count)` off the free lists, from wherever they
+  /// are free: a pcp list of any CPU, or inside a larger buddy block, which is split as
+  /// needed. Models the kernel's `take_page_off_buddy()` + `break_down_buddy_pages()`,
+  /// generalised to a range and to pcp lists (the kernel has no such operation for pcp
+  /// pages: replaying a trace needs it).
+  ///
+  /// All or nothing: when one page is not free, nothing changes and the result is
+  /// ``ClaimResult/busy``. On success every claimed page is an independent order-0 page
+  /// with refcount 1 (the state `split_page()` leaves), so the pages can be freed one by
+  /// one with `freePages(_:order: 0)`, or together with `freeContigRange`, which frees an
+  /// aligned power-of-two range as one block. The parts of a split block outside the range
+  /// go back to the buddy lists of their pageblock's type (for a block taken from a pcp
+  /// list too); they cannot merge, since their buddies hold claimed pages. The claimed
+  /// pages are counted in PGALLOC unless `account` is false (pages allocated before a
+  /// trace began).
+  ///
+  /// Locks: when every page lies in buddy blocks, only the zone lock (buddy blocks change
+  /// only under it); when a pcp block is involved, every pcp lock of the zone (in CPU
+  /// order, since the block's CPU is not known), then the zone lock.
+  /// - Complexity: O(count + MAX_PAGE_ORDER) for buddy blocks; a block on a pcp list also
+  ///   costs a walk to the nearer end of its list, and cpuCount pcp locks.
+  @usableFromInline
+  func claimFreeRange(_ pfn: Int, count: Int, account: Bool = true) -> ClaimResult {
+    precondition(count > 0)
+    let end = pfn &+ count
+    guard let zi = zoneIndex(pfn), end <= zones[zi].end else { return .outOfRange }
+    let z = zones + zi
+    // Fast path: buddy blocks only, under the zone lock alone.
+    z.pointee.lock.lock()
+    switch coveringBlocks(pfn, end) {
+    case .busy:
+      z.pointee.lock.unlock()
+      return .busy
+    case .buddyOnly:
+      claimLocked(z, zi, pfn, end, account)
+      z.pointee.lock.unlock()
+      return .claimed
+    case .someOnPcp:
+      z.pointee.lock.unlock()
+    }
+    for cpu in 0..<cpuCount { pcp(cpu &* zoneCount &+ zi).pointee.lock.lock() }
+    z.pointee.lock.lock()
+    defer {
+      z.pointee.lock.unlock()
+      for cpu in 0..<cpuCount { pcp(cpu &* zoneCount &+ zi).pointee.lock.unlock() }
+    }
+    if coveringBlocks(pfn, end) == .busy { return .busy }
+    claimLocked(z, zi, pfn, end, account)
+    return .claimed
+  }
+
+  private enum Coverage { case busy, buddyOnly, someOnPcp }
+
+  /// Whether every page of `[pfn, end)` is inside a free block, and where those are.
+  /// Exact for buddy blocks under the zone lock; pcp blocks need their pcp lock too.
+  private func coveringBlocks(_ pfn: Int, _ end: Int) -> Coverage {
+    var p = pfn
+    var pcpSeen = false
+    while p < end {
+      guard memMap.record(p) != nil, let b = freeBlockContaining(p) else { return .busy }
+      if b.onPcp { pcpSeen = true }
+      p = b.head &+ (1 &<< b.order)
+    }
+    return pcpSeen ? .someOnPcp : .buddyOnly
+  }
+
+  /// The claim itself, with the locks `claimFreeRange` took and the coverage checked.
+  private func claimLocked(_ z: UnsafeMutablePointer<Zone>, _ zi: Int, _ pfn: Int, _ end: Int, _ account: Bool) {
+    let count = end &- pfn
+    // Take each covering block off its list and give back what lies outside.
+    var p = pfn
+    while p < end {
+      let b = freeBlockContaining(p).unsafelyUnwrapped
+      if b.onPcp {
+        unlinkPcpBlock(zi, b.head, b.order)
+      } else {
+        delFromFreeList(z, b.head, b.order, memMap.freeListTypeRaw(b.head))
+      }
+      let blockEnd = b.head &+ (1 &<< b.order)
+      if b.head < pfn { giveBack(z, b.head, pfn) }
+      if blockEnd > end { giveBack(z, end, blockEnd) }
+      p = blockEnd
+    }
+    // The split_page() state.
+    var q = pfn
+    while q < end {
+      let r = memMap.presentRecord(q)
+      r.pointee.flags.store(0, ordering: .relaxed)
+      r.pointee.refcount.store(1, ordering: .relaxed)
+      q &+= 1
+    }
+    if account { z.pointee.pgalloc &+= count }
+  }
+
+  /// Returns the free pages `[start, end)` (the rest of a split block) to the buddy lists
+  /// as the largest aligned blocks, each on its pageblock type's list.
+  @inline(__always)
+  private func giveBack(_ z: UnsafeMutablePointer<Zone>, _ start: Int, _ end: Int) {
+    var p = start
+    while p < end {
+      let o = chunkOrder(p, end &- p)
+      addToFreeList(z, p, o, memMap.freeListTypeRaw(p), tail: false)
+      p &+= 1 &<< o
+    }
+  }
+
+  /// Unlinks a block from whichever pcp list of zone `zi` holds it (pcp locks held).
+  ///
+  /// The list is found by walking from the block towards both ends at once and matching
+  /// the end reached against the heads and tails of the lists of that order: recently
+  /// freed blocks sit near the head, so the walk is usually short.
+  private func unlinkPcpBlock(_ zi: Int, _ pfn: Int, _ order: Int) {
+    var a = UInt32(truncatingIfNeeded: pfn)
+    var b = a
+    var head = PageRecord.nilLink
+    var tail = PageRecord.nilLink
+    while true {
+      let ra = memMap.presentRecord(Int(a))
+      if ra.pointee.prev == PageRecord.nilLink {
+        head = a
+        break
+      }
+      let rb = memMap.presentRecord(Int(b))
+      if rb.pointee.next == PageRecord.nilLink {
+        tail = b
+        break
+      }
+      a = ra.pointee.prev
+      b = rb.pointee.next
+    }
+    for cpu in 0..<cpuCount {
+      let pc = pcp(cpu &* zoneCount &+ zi)
+      for li in 0..<pcpListCount where pindexToOrder(li) == order {
+        let l = pc.pointee.lists + li
+        if (head != PageRecord.nilLink && l.pointee.head == head)
+          || (tail != PageRecord.nilLink && l.pointee.tail == tail)
+        {
+          let r = memMap.presentRecord(pfn)
+          let next = r.pointee.next
+          let prev = r.pointee.prev
+          if prev != PageRecord.nilLink { memMap.presentRecord(Int(prev)).pointee.next = next } else { l.pointee.head = next }
+          if next != PageRecord.nilLink { memMap.presentRecord(Int(next)).pointee.prev = prev } else { l.pointee.tail = prev }
+          l.pointee.count &-= 1
+          r.pointee.flags.store(0, ordering: .relaxed)
+          pc.pointee.count &-= 1 &<< order
+          return
+        }
+      }
+    }
+    preconditionFailure("pcp block \(PFN(pfn)) order \(order) is on no pcp list of its zone")
+  }
+}

@@ -1,0 +1,61 @@
+import ArgumentParser
+import Glibc
+import PageAlloc
+
+/// `pagealloc replay FILE`: replays a kernel kmem trace (see docs/observability.md).
+struct Replay: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Replay a kernel kmem trace (ftrace trace, trace-cmd report or perf script; .gz accepted).")
+
+  @Argument(help: "The trace file.") var file: String
+  @Option(help: "The zone's pfns, START-END (decimal or 0x hex). Default: the trace's pfns rounded to 1024.")
+  var zone: String?
+  @Flag(help: "Stop at the first anomaly with FILE:LINE: reason and exit status 1.") var strict = false
+  @Option(help: "Write the figures as JSON to this file.") var json: String?
+  @Option(help: "Write the fragmentation map (SVG) of the final state to this file.") var map: String?
+
+  func run() throws {
+    var options = TraceReplay.Options(strict: strict)
+    if let zone {
+      guard let z = TraceReplay.parseZone(zone) else {
+        throw ValidationError("--zone \(zone): expected START-END pfns with START < END, e.g. 0x100000-0x180000")
+      }
+      options.zone = z
+    }
+    let result: (report: ReplayReport, allocator: PageAllocator)
+    do {
+      result = try TraceReplay.run(path: file, options: options)
+    } catch {
+      printError("\(error)")
+      throw ExitCode(1)
+    }
+    print(result.report.text, terminator: "")
+    if let json {
+      try writeText(result.report.json, to: json)
+    }
+    if let map {
+      let svg = FragmentationMap(allocator: result.allocator, allocatedByType: result.report.allocatedByType).svg(title: "pagealloc replay \(file)")
+      try writeText(svg, to: map)
+    }
+  }
+}
+
+/// Writes a text file; a failure is one clear line and exit status 1.
+func writeText(_ text: String, to path: String) throws {
+  guard let f = fopen(path, "w") else {
+    printError("\(path): cannot write: \(String(cString: strerror(errno)))")
+    throw ExitCode(1)
+  }
+  defer { fclose(f) }
+  if fputs(text, f) < 0 {
+    printError("\(path): write failed: \(String(cString: strerror(errno)))")
+    throw ExitCode(1)
+  }
+}
+
+/// One line on standard error.
+func printError(_ s: String) {
+  let line = s + "\n"
+  var u = Array(line.utf8)
+  _ = u.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+}
