@@ -103,7 +103,7 @@ extension PageAllocator {
       r.pointee.refcount.store(1, ordering: .relaxed)
       q &+= 1
     }
-    if account { z.pointee.pgalloc &+= count }
+    if account { z.pointee.pgalloc = z.pointee.pgalloc &+ count }
   }
 
   /// Returns the free pages `[start, end)` (the rest of a split block) to the buddy lists
@@ -154,9 +154,9 @@ extension PageAllocator {
           let prev = r.pointee.prev
           if prev != PageRecord.nilLink { memMap.presentRecord(Int(prev)).pointee.next = next } else { l.pointee.head = next }
           if next != PageRecord.nilLink { memMap.presentRecord(Int(next)).pointee.prev = prev } else { l.pointee.tail = prev }
-          l.pointee.count &-= 1
+          l.pointee.count = l.pointee.count &- 1
           r.pointee.flags.store(0, ordering: .relaxed)
-          pc.pointee.count &-= 1 &<< order
+          pc.pointee.count = pc.pointee.count &- (1 &<< order)
           return
         }
       }

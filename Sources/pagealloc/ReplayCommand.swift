@@ -53,9 +53,3 @@ func writeText(_ text: String, to path: String) throws {
   }
 }
 
-/// One line on standard error.
-func printError(_ s: String) {
-  let line = s + "\n"
-  var u = Array(line.utf8)
-  _ = u.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
-}

@@ -94,6 +94,8 @@ public enum BenchRegistry {
     .frozenRange,
     .order0,
     .bulk,
+    .traceOverhead,
+    .vmalloc,
   ]
 
   /// The suite called `name`, or nil.

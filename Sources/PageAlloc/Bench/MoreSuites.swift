@@ -1,0 +1,43 @@
+// Suites whose kernels live with their features: vmalloc (VMallocBench.swift) and the
+// cost of the trace points (TraceOverheadBench.swift).
+
+extension BenchSuite {
+  /// `vmalloc`: lib/test_vmalloc.c's cases, vfree with the per-page and the bulk free, next
+  /// to plain mmap/munmap and malloc/free with the same touches.
+  public static let vmalloc = BenchSuite(
+    name: "vmalloc",
+    summary: "test_vmalloc.c cases: per-page vs bulk vfree, vs mmap and malloc",
+    defaultIterations: 1, quickIterations: 1, iterationUnit: "runs of every case",
+    run: { o in
+      let r = VMallocBench.run(quick: o.quick)
+      if r.isEmpty { throw BenchError(suite: "vmalloc", "could not set up the memfd arena or the window") }
+      return r
+    },
+    ratios: { results in
+      VMallocBench.ratios(results).flatMap { r -> [(String, Double)] in
+        let key = "vmalloc." + r.test.replacingSpaces()
+        return [
+          (key + ".per_page_over_bulk", r.perPageOverBulk), (key + ".mmap_over_bulk", r.mmapOverBulk),
+          (key + ".malloc_over_bulk", r.mallocOverBulk), (key + ".page_work_per_page_over_bulk", r.pagesPerPageOverBulk),
+        ]
+      }
+    })
+
+  /// `trace-overhead`: the order-9 freeContigRange loop with no trace sink, with a sink,
+  /// and after the sink is removed: with no sink a trace point is one predictable branch.
+  public static let traceOverhead: BenchSuite = BenchSuite(
+    name: "trace-overhead",
+    summary: "freeContigRange loop with no trace sink vs a sink installed",
+    defaultIterations: 20_000, quickIterations: 1_000, iterationUnit: "order-9 alloc+split+free rounds",
+    run: { o in try TraceOverheadBench.run(iterations: max(o.iterations ?? (o.quick ? 1_000 : 20_000), 1)) },
+    ratios: { results in
+      results.filter { $0.suite == "trace-overhead" && $0.variant != "no-sink" && $0.variant != "tracepoint-no-sink" }
+        .map { ("trace-overhead.\($0.variant).over_no_sink", $0.extra["ratio_vs_no_sink"] ?? 0) }
+    })
+}
+
+extension String {
+  fileprivate func replacingSpaces() -> String {
+    String(map { $0 == " " || $0 == ":" ? "_" : $0 })
+  }
+}
