@@ -6,7 +6,7 @@ struct PageAllocCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "pagealloc",
     abstract: "The Linux zoned buddy page allocator in Swift: benchmarks, trace replay and views.",
-    subcommands: [Bench.self],
+    subcommands: [Bench.self, Stress.self],
     defaultSubcommand: Bench.self)
 }
 
