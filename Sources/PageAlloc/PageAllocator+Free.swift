@@ -631,9 +631,16 @@ extension PageAllocator {
         ok = old == 1
         if _slowPath(old <= 0) { refcountUnderflow(q, r, op) }
       }
+      var skip = 1
       if _fastPath(ok) {
         let w = r.pointee.flags.load(ordering: .relaxed)
         if _slowPath(w != 0 || slow) {
+          if frozen && w & PG.freeMask != 0 {
+            // A free block starting inside a frozen range: the pages behind its head have
+            // refcount 0 like frozen pages, so the whole block is skipped, not only the
+            // (reported) head, or they would be freed a second time.
+            skip = min(1 &<< PG.order(w), segEnd &- q)
+          }
           ok = preparePageSlow(r, q, w, op)
         }
       }
@@ -643,8 +650,8 @@ extension PageAllocator {
         freePreparedRange(runStart, q &- runStart, zi)
         runStart = -1
       }
-      q &+= 1
-      r += 1
+      q &+= skip
+      r += skip
     }
     if runStart >= 0 { freePreparedRange(runStart, segEnd &- runStart, zi) }
   }

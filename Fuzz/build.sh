@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds a libFuzzer target over the library sources and the C shim.
+#   Fuzz/build.sh api-sequence|trace-parser   -> Fuzz/.build/<target>
+# The target file and every Sources/PageAlloc/**/*.swift are compiled as one module with
+# `swiftc -sanitize=fuzzer,address -parse-as-library`; the shim is compiled with clang.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+target="${1:?usage: Fuzz/build.sh api-sequence|trace-parser}"
+case "$target" in
+  api-sequence) main="$here/APISequenceFuzz.swift" ;;
+  trace-parser)
+    main="$here/TraceParserFuzz.swift"
+    if ! grep -rqs "func parseTraceLine(" "$root/Sources/PageAlloc"; then
+      echo "trace-parser: parseTraceLine(_: UnsafeRawBufferPointer) is not in Sources/PageAlloc yet" >&2
+      echo "(it comes with the views branch); nothing to build." >&2
+      exit 2
+    fi ;;
+  *) echo "unknown target '$target' (api-sequence, trace-parser)" >&2; exit 64 ;;
+esac
+out="$here/.build"
+mkdir -p "$out/shim"
+shim="$root/Sources/CPageAllocShim"
+cat > "$out/shim/module.modulemap" <<MAP
+module CPageAllocShim {
+  header "$shim/include/CPageAllocShim.h"
+  export *
+}
+MAP
+sanitizers="${FUZZ_SANITIZERS:-fuzzer,address}"
+clang -O1 -g -D_GNU_SOURCE -fsanitize=address -I "$shim/include" -c "$shim/shim.c" -o "$out/shim/shim.o"
+mapfile -t sources < <(find "$root/Sources/PageAlloc" -name '*.swift' | sort)
+swiftc -O -g -parse-as-library -sanitize="$sanitizers" -module-name PageAllocFuzz \
+  -Xcc -fmodule-map-file="$out/shim/module.modulemap" -I "$out/shim" \
+  -use-ld=lld "${sources[@]}" "$main" "$out/shim/shim.o" -o "$out/$target"
+echo "$out/$target"
