@@ -88,8 +88,11 @@ extension PageAllocator {
 
   /// `set_page_flags`-style test hook: sets flags on a page the caller owns, to model a
   /// page in a bad state (`.locked`, `.reserved`...) or a hardware-poisoned one.
+  /// A free page (a free block's head or a page inside one) belongs to the allocator and
+  /// is left alone: flags there would corrupt the free lists.
   public func setPageFlags(_ pfn: PFN, _ flags: PageFlags) {
     guard let r = memMap.record(pfn.value) else { return }
+    if r.pointee.flags.load(ordering: .relaxed) & PG.freeMask != 0 || freeBlockContaining(pfn.value) != nil { return }
     r.pointee.flags.bitwiseOr(flags.intersection(.settable).rawValue, ordering: .relaxed)
   }
 

@@ -25,3 +25,19 @@ import Testing
     #expect(a.freePageCount == a.managedPageCount)
   }
 }
+
+extension HostileInputTests {
+  /// fuzz: setPageFlags on a page freed already put a flag on a free block's head.
+  @Test func setPageFlagsOnFreePagesIsIgnored() throws {
+    let a = try make()
+    let p = try #require(a.allocPages(order: 0, gfp: .kernel))
+    a.freePages(p, order: 0)
+    a.setPageFlags(p, .private)
+    a.setPageFlags(PFN(2048), .locked)
+    a.setPageFlags(PFN(2049), .locked)
+    try a.verify()
+    a.drainAllPages()
+    try a.verify()
+    #expect(a.pageFlags(of: p) == [])
+  }
+}
