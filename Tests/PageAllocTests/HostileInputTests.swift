@@ -41,3 +41,18 @@ extension HostileInputTests {
     #expect(a.pageFlags(of: p) == [])
   }
 }
+
+extension HostileInputTests {
+  /// fuzz bbffbbbbffbb: DMA allocations claimed the pageblock 512..<1024 that the DMA
+  /// zone (ending at 1000) shares with the Normal zone, re-typing Normal's free blocks.
+  @Test func pageblockStraddlingZonesIsNeverClaimed() throws {
+    let a = try make()
+    var pages: [PFN] = []
+    a.allocPagesBulk(count: 255, gfp: [.kernel, .dma32], into: &pages)
+    a.allocPagesBulk(count: 255, gfp: [.kernel, .dma32], into: &pages)
+    try a.verify()
+    a.freePagesBulk(pages)
+    a.drainAllPages()
+    try a.verify()
+  }
+}
