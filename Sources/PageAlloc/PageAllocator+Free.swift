@@ -622,7 +622,21 @@ extension PageAllocator {
     var q = start
     var runStart = -1
     let slow = poisoning || tracing.load(ordering: .relaxed)
+    var recheck = false
     while q < segEnd {
+      if frozen && _slowPath(recheck) {
+        // Freeing the run just closed may have merged it with free blocks ahead (a hostile
+        // frozen range over free memory): pages in those blocks look frozen (refcount 0,
+        // no flags), so look them up once here.
+        recheck = false
+        if let blk = freeBlockContaining(q) {
+          reportBad(q, .doubleFree, "page is inside a free block at \(PFN(blk.head))", op, quarantine: false)
+          let next = min(blk.head &+ (1 &<< blk.order), segEnd)
+          r += next &- q
+          q = next
+          continue
+        }
+      }
       var ok: Bool
       if frozen {
         ok = r.pointee.refcount.load(ordering: .relaxed) == 0
@@ -652,6 +666,7 @@ extension PageAllocator {
       } else if runStart >= 0 {
         freePreparedRange(runStart, q &- runStart, zi)
         runStart = -1
+        recheck = frozen
       }
       q &+= skip
       r += skip

@@ -56,3 +56,19 @@ extension HostileInputTests {
     try a.verify()
   }
 }
+
+extension HostileInputTests {
+  /// fuzz d0ffc0194c840355d0: a frozen range over a frozen allocation and free blocks: the
+  /// freed allocation merged with free blocks ahead, whose pages then looked frozen.
+  @Test func frozenRangeMergingAheadIsContained() throws {
+    let a = try make()
+    let p = try #require(a.allocContigFrozenPages(count: 256, gfp: .kernel))
+    #expect(p == PFN(1024))
+    a.freeContigFrozenRange(PFN(800), count: 2333)
+    try a.verify()
+    #expect(a.allocContigPages(count: 1, gfp: .kernel) != nil)
+    try a.verify()
+    a.drainAllPages()
+    #expect(a.freePageCount == a.managedPageCount - 1)
+  }
+}
