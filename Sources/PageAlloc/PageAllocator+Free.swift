@@ -299,6 +299,11 @@ extension PageAllocator {
       } else if qw != 0 {
         qr.pointee.flags.store(qw, ordering: .relaxed)
         ok = preparePageSlow(qr, q, qw, op)
+      } else if let blk = freeBlockContaining(q) {
+        // Freed already (a hostile frozen range over this block): a clean-looking page
+        // inside a free block must not be freed twice.
+        reportBad(q, .doubleFree, "page is inside a free block at \(PFN(blk.head))", op, quarantine: false)
+        ok = false
       } else {
         qr.pointee.flags.store(0, ordering: .relaxed)
         if poisoning { fillPoison(q, 1) }

@@ -72,3 +72,19 @@ extension HostileInputTests {
     #expect(a.freePageCount == a.managedPageCount - 1)
   }
 }
+
+extension HostileInputTests {
+  /// fuzz 28b02bb0282828: a frozen range freed the tails of an allocated block; freeing
+  /// the block then salvaged the "clean" pages inside those free blocks a second time.
+  @Test func blockFreeAfterHostileFrozenRangeIsContained() throws {
+    let a = try make()
+    let p = try #require(a.allocPages(order: 8, gfp: [.kernel, .dma32]))
+    a.freeContigFrozenRange(p + 180, count: 40)
+    try a.verify()
+    a.freePages(p, order: 8)
+    try a.verify()
+    a.drainAllPages()
+    try a.verify()
+    #expect(a.freePageCount + a.quarantinedPageCount == a.managedPageCount)
+  }
+}
