@@ -114,7 +114,7 @@ extension PageAllocator {
     let p = rmqueue(z, order, mt)
     if let p {
       memMap.presentRecord(p).pointee.flags.store(PG.word(flags: 0, order: order), ordering: .relaxed)
-      z.pointee.pgalloc = z.pointee.pgalloc &+ (1 &<< order)
+      z.pointee.pgalloc &+= 1 &<< order
     }
     z.pointee.lock.unlock()
     return p
@@ -127,7 +127,7 @@ extension PageAllocator {
   func rmqueuePcplist(_ z: UnsafeMutablePointer<Zone>, _ zi: Int, _ order: Int, _ mt: Int) -> Int? {
     let pcp = localPcp(zi)
     if _slowPath(!pcp.pointee.lock.tryLock()) { return nil }
-    pcp.pointee.freeCount = pcp.pointee.freeCount &>> 1
+    pcp.pointee.freeCount &>>= 1
     let l = pcp.pointee.lists + orderToPindex(mt, order)
     if l.pointee.head == PageRecord.nilLink {
       let n = nrPcpAlloc(pcp, z, order)
@@ -139,8 +139,8 @@ extension PageAllocator {
         got &+= 1
       }
       z.pointee.lock.unlock()
-      pcp.pointee.count = pcp.pointee.count &+ (got &<< order)
-      pcp.pointee.refills = pcp.pointee.refills &+ 1
+      pcp.pointee.count &+= got &<< order
+      pcp.pointee.refills &+= 1
       if got == 0 {
         pcp.pointee.lock.unlock()
         return nil
@@ -155,10 +155,10 @@ extension PageAllocator {
     } else {
       l.pointee.tail = PageRecord.nilLink
     }
-    l.pointee.count = l.pointee.count &- 1
+    l.pointee.count &-= 1
     r.pointee.flags.store(PG.word(flags: 0, order: order), ordering: .relaxed)
-    pcp.pointee.count = pcp.pointee.count &- (1 &<< order)
-    pcp.pointee.pgalloc = pcp.pointee.pgalloc &+ (1 &<< order)
+    pcp.pointee.count &-= 1 &<< order
+    pcp.pointee.pgalloc &+= 1 &<< order
     pcp.pointee.lock.unlock()
     return pfn
   }
@@ -175,7 +175,7 @@ extension PageAllocator {
     if pcp.pointee.highMin != pcp.pointee.highMax && !zoneBelowHigh(z) {
       let room = max(high &- pcp.pointee.count &- base, base)
       batch = base &<< pcp.pointee.allocFactor
-      if batch <= room && pcp.pointee.allocFactor < pcpBatchScaleMax { pcp.pointee.allocFactor = pcp.pointee.allocFactor &+ 1 }
+      if batch <= room && pcp.pointee.allocFactor < pcpBatchScaleMax { pcp.pointee.allocFactor &+= 1 }
       batch = min(batch, room)
     }
     if order > 0 { batch = max(batch &>> order, 2) }
@@ -201,7 +201,7 @@ extension PageAllocator {
       l.pointee.head = p
     }
     l.pointee.tail = p
-    l.pointee.count = l.pointee.count &+ 1
+    l.pointee.count &+= 1
   }
 
   @inlinable @inline(__always)
@@ -217,7 +217,7 @@ extension PageAllocator {
       l.pointee.tail = p
     }
     l.pointee.head = p
-    l.pointee.count = l.pointee.count &+ 1
+    l.pointee.count &+= 1
   }
 
   /// Pops the oldest block (the tail) of a pcp list.
@@ -232,7 +232,7 @@ extension PageAllocator {
     } else {
       l.pointee.head = PageRecord.nilLink
     }
-    l.pointee.count = l.pointee.count &- 1
+    l.pointee.count &-= 1
     return pfn
   }
 

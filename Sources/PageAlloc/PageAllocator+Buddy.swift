@@ -29,7 +29,7 @@ extension PageAllocator {
       }
       l.pointee.head = p
     }
-    l.pointee.count = l.pointee.count &+ 1
+    l.pointee.count &+= 1
     if mt != MigrateType.isolate.rawValue {
       z.pointee.nrFreePages.store(
         z.pointee.nrFreePages.load(ordering: .relaxed) &+ (1 &<< order), ordering: .relaxed)
@@ -45,7 +45,7 @@ extension PageAllocator {
     let prev = r.pointee.prev
     if prev != PageRecord.nilLink { memMap.presentRecord(Int(prev)).pointee.next = next } else { l.pointee.head = next }
     if next != PageRecord.nilLink { memMap.presentRecord(Int(next)).pointee.prev = prev } else { l.pointee.tail = prev }
-    l.pointee.count = l.pointee.count &- 1
+    l.pointee.count &-= 1
     r.pointee.flags.store(0, ordering: .relaxed)
     if mt != MigrateType.isolate.rawValue {
       z.pointee.nrFreePages.store(
@@ -129,7 +129,7 @@ extension PageAllocator {
     } else {
       freeOneBlock(z, pfn, order, memMap.freeListTypeRaw(pfn))
     }
-    z.pointee.pgfree = z.pointee.pgfree &+ (1 &<< order)
+    z.pointee.pgfree &+= 1 &<< order
   }
 
   /// `free_one_page()`: takes the zone lock.
@@ -199,7 +199,7 @@ extension PageAllocator {
         if head == PageRecord.nilLink { continue }
         if !canClaim(current, startMt) { return nil }
         if let p = tryClaimBlock(z, Int(head), current, order, startMt, fb.rawValue) {
-          z.pointee.fallbackAllocs = z.pointee.fallbackAllocs &+ 1
+          z.pointee.fallbackAllocs &+= 1
           return p
         }
         break
@@ -220,7 +220,7 @@ extension PageAllocator {
       var b = pfn
       while b < pfn + (1 << current) {
         memMap.setMigrateType(b, MigrateType(rawValue: startMt)!)
-        z.pointee.pageblocksClaimed = z.pointee.pageblocksClaimed + 1
+        z.pointee.pageblocksClaimed += 1
         b += PageGeometry.pageblockPages
       }
       expand(z, pfn, order, current, startMt)
@@ -267,7 +267,7 @@ extension PageAllocator {
       }
     }
     memMap.setMigrateType(start, MigrateType(rawValue: startMt)!)
-    z.pointee.pageblocksClaimed = z.pointee.pageblocksClaimed + 1
+    z.pointee.pageblocksClaimed += 1
     return rmqueueSmallest(z, order, startMt)
   }
 
@@ -282,7 +282,7 @@ extension PageAllocator {
         let pfn = Int(head)
         delFromFreeList(z, pfn, current, fb.rawValue)
         expand(z, pfn, order, current, fb.rawValue)
-        z.pointee.fallbackAllocs = z.pointee.fallbackAllocs + 1
+        z.pointee.fallbackAllocs += 1
         traceZoneLocked(pfn, order, fb.rawValue)
         return pfn
       }

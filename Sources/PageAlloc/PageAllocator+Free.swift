@@ -388,11 +388,11 @@ extension PageAllocator {
     _ z: UnsafeMutablePointer<Zone>, _ pcp: UnsafeMutablePointer<PerCPUPages>, _ pfn: Int, _ mt: Int,
     _ order: Int
   ) {
-    pcp.pointee.allocFactor = pcp.pointee.allocFactor &>> 1
-    pcp.pointee.pgfree = pcp.pointee.pgfree &+ (1 &<< order)
+    pcp.pointee.allocFactor &>>= 1
+    pcp.pointee.pgfree &+= 1 &<< order
     let pindex = orderToPindex(mt, order)
     pcpAddHead(pcp.pointee.lists + pindex, pfn, order)
-    pcp.pointee.count = pcp.pointee.count &+ (1 &<< order)
+    pcp.pointee.count &+= 1 &<< order
     var freeHigh = false
     if order >= 1 && order <= PageGeometry.costlyOrder {
       // Many high-order frees with no allocation in between: drain harder.
@@ -473,7 +473,7 @@ extension PageAllocator {
       repeat {
         let pfn = pcpPopTail(l)
         count &-= 1 &<< order
-        pcp.pointee.count = pcp.pointee.count &- (1 &<< order)
+        pcp.pointee.count &-= 1 &<< order
         memMap.presentRecord(pfn).pointee.flags.store(0, ordering: .relaxed)
         let mt = memMap.freeListTypeRaw(pfn)
         freeOneBlock(z, pfn, order, mt)
@@ -481,7 +481,7 @@ extension PageAllocator {
       } while count > 0 && l.pointee.head != PageRecord.nilLink
     }
     z.pointee.lock.unlock()
-    pcp.pointee.drains = pcp.pointee.drains &+ 1
+    pcp.pointee.drains &+= 1
     pcp.pointee.drainCursor = pindex
   }
 
