@@ -6,13 +6,15 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
+# FUZZ_SOURCES: another checkout's root to build from (default: this one).
+src="${FUZZ_SOURCES:-$root}"
 target="${1:?usage: Fuzz/build.sh api-sequence|trace-parser}"
 case "$target" in
   api-sequence) main="$here/APISequenceFuzz.swift" ;;
   trace-parser)
     main="$here/TraceParserFuzz.swift"
-    if ! grep -rqs "func parseTraceLine(" "$root/Sources/PageAlloc"; then
-      echo "trace-parser: parseTraceLine(_: UnsafeRawBufferPointer) is not in Sources/PageAlloc yet" >&2
+    if ! grep -rqs "enum KmemTraceParser" "$src/Sources/PageAlloc"; then
+      echo "trace-parser: KmemTraceParser (Replay/KmemTraceParser.swift) is not in $src/Sources/PageAlloc" >&2
       echo "(it comes with the views branch); nothing to build." >&2
       exit 2
     fi ;;
@@ -20,7 +22,7 @@ case "$target" in
 esac
 out="$here/.build"
 mkdir -p "$out/shim"
-shim="$root/Sources/CPageAllocShim"
+shim="$src/Sources/CPageAllocShim"
 cat > "$out/shim/module.modulemap" <<MAP
 module CPageAllocShim {
   header "$shim/include/CPageAllocShim.h"
@@ -29,7 +31,7 @@ module CPageAllocShim {
 MAP
 sanitizers="${FUZZ_SANITIZERS:-fuzzer,address}"
 clang -O1 -g -D_GNU_SOURCE -fsanitize=address -I "$shim/include" -c "$shim/shim.c" -o "$out/shim/shim.o"
-mapfile -t sources < <(find "$root/Sources/PageAlloc" -name '*.swift' | sort)
+mapfile -t sources < <(find "$src/Sources/PageAlloc" -name '*.swift' | sort)
 swiftc -O -g -parse-as-library -sanitize="$sanitizers" -module-name PageAllocFuzz \
   -Xcc -fmodule-map-file="$out/shim/module.modulemap" -I "$out/shim" \
   -use-ld=lld "${sources[@]}" "$main" "$out/shim/shim.o" -o "$out/$target"

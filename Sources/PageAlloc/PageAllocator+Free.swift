@@ -143,6 +143,15 @@ extension PageAllocator {
     var t = r + 1
     let end = r + (1 &<< order)
     while t < end {
+      let tw = t.pointee.flags.load(ordering: .relaxed)
+      if _slowPath(tw & PG.freeMask != 0) {
+        // A tail freed behind the owner's back (a frozen free of a refcount-0 tail): it is
+        // a free block now and keeps refcount 0; its pages are skipped.
+        let q = pfn.value &+ (t - r)
+        reportBad(q, .doubleFree, "split_page of a block with a free page", "splitPage", quarantine: false)
+        t += min(1 &<< PG.order(tw), end - t)
+        continue
+      }
       t.pointee.refcount.store(1, ordering: .relaxed)
       t += 1
     }

@@ -88,3 +88,21 @@ extension HostileInputTests {
     #expect(a.freePageCount + a.quarantinedPageCount == a.managedPageCount)
   }
 }
+
+extension HostileInputTests {
+  /// fuzz 00691fff03020069: a hostile frozen free of a tail page, then the owner's
+  /// split_page gave the free page a reference.
+  @Test func splitPageSkipsFreedTails() throws {
+    let a = try make()
+    let p = try #require(a.allocPages(order: 9, gfp: [.kernel, .dma32]))
+    a.freeFrozenPages(p + 415, order: 0)
+    a.splitPage(p, order: 9)
+    try a.verify()
+    #expect(a.refcount(of: p + 415) == 0)
+    #expect(a.refcount(of: p + 414) == 1)
+    a.freeContigRange(p, count: 512)  // the freed page is reported, not freed twice
+    a.drainAllPages()
+    try a.verify()
+    #expect(a.freePageCount + a.quarantinedPageCount == a.managedPageCount)
+  }
+}
