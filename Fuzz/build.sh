@@ -30,9 +30,17 @@ module CPageAllocShim {
 }
 MAP
 sanitizers="${FUZZ_SANITIZERS:-fuzzer,address}"
-clang -O1 -g -D_GNU_SOURCE -fsanitize=address -I "$shim/include" -c "$shim/shim.c" -o "$out/shim/shim.o"
+objs=()
+for c in "$shim"/*.c; do
+  o="$out/shim/$(basename "$c" .c).o"
+  clang -O1 -g -D_GNU_SOURCE -fsanitize=address -I "$shim/include" -c "$c" -o "$o"
+  objs+=("$o")
+done
+# The shim links zlib once it reads gzip traces (views branch).
+libs=()
+if grep -qs "gz" "$shim"/*.c; then libs+=(-lz); fi
 mapfile -t sources < <(find "$src/Sources/PageAlloc" -name '*.swift' | sort)
 swiftc -O -g -parse-as-library -sanitize="$sanitizers" -module-name PageAllocFuzz \
   -Xcc -fmodule-map-file="$out/shim/module.modulemap" -I "$out/shim" \
-  -use-ld=lld "${sources[@]}" "$main" "$out/shim/shim.o" -o "$out/$target"
+  -use-ld=lld "${sources[@]}" "$main" "${objs[@]}" "${libs[@]}" -o "$out/$target"
 echo "$out/$target"

@@ -8,9 +8,11 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 target="${1:?usage: Fuzz/run.sh api-sequence|trace-parser [seconds]}"
 seconds="${2:-60}"
-"$here/build.sh" "$target" >/dev/null
+if [ -z "${FUZZ_SKIP_BUILD:-}" ]; then "$here/build.sh" "$target" >/dev/null; fi
 mkdir -p "$here/corpus/$target" "$here/artifacts/$target"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}"
-exec "$here/.build/$target" "$here/corpus/$target" \
+seeds=()
+if [ -d "$here/seeds/$target" ]; then seeds+=("$here/seeds/$target"); fi
+exec "$here/.build/$target" "$here/corpus/$target" "${seeds[@]}" \
   -max_total_time="$seconds" -max_len=4096 -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
   -artifact_prefix="$here/artifacts/$target/"
