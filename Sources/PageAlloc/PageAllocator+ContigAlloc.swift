@@ -75,7 +75,8 @@ extension PageAllocator {
   }
 
   func allocContigPagesInternal(_ count: Int, _ gfp: GFP, frozen: Bool) -> PFN? {
-    guard count > 0, gfp.isSubset(of: PageAllocator.contigAllowedGFP) else { return nil }
+    guard count > 0, count <= 1 << 32, gfp.isSubset(of: PageAllocator.contigAllowedGFP) else { return nil }
+    if gfp.contains(.comp) && (count & (count - 1) != 0 || count > 1 << PageGeometry.maxOrder) { return nil }
     let highest = gfp.highestZone.rawValue
     var i = 0
     while i < 4 {

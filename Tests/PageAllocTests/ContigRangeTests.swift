@@ -171,3 +171,20 @@ import Testing
     #expect(r.allSatisfy { $0.pagesPerIteration == 16384 && $0.iterations == 2 })
   }
 }
+
+extension ContigRangeTests {
+  @Test func allocContigPagesRejectsImpossibleRequests() throws {
+    let a = try make(pages: 1 << 14)
+    #expect(a.allocContigPages(count: Int.max, gfp: .kernel) == nil)
+    #expect(a.allocContigPages(count: 0, gfp: .kernel) == nil)
+    #expect(a.allocContigPages(count: 3, gfp: [.kernel, .comp]) == nil)
+    #expect(a.allocContigPages(count: 16, gfp: .atomic) == nil)
+    let p = try #require(a.allocContigPages(count: 16, gfp: [.kernel, .comp]))
+    #expect(p.value % 16 == 0)
+    a.freePages(p, order: 4)
+    #expect(throws: ContigRangeError.self) { try a.allocContigRange(PFN(0)..<PFN(Int.max), gfp: .kernel) }
+    a.drainAllPages()
+    try a.verify()
+    #expect(a.freePageCount == a.managedPageCount)
+  }
+}
