@@ -227,9 +227,12 @@ extension PageAllocator {
       return pfn
     }
     // Count the free pages of the pageblock (prep_move_freepages_block). Pages in use
-    // are never counted as movable: PageAlloc has no LRU.
-    let start = max(pfn & ~(PageGeometry.pageblockPages - 1), z.pointee.start)
-    let end = min(start + PageGeometry.pageblockPages, z.pointee.end)
+    // are never counted as movable: PageAlloc has no LRU. A pageblock straddling the
+    // zone's edge is never claimed (prep_move_freepages_block() refuses it): re-typing
+    // it would strand the other zone's free blocks on lists of the old type.
+    let start = pfn & ~(PageGeometry.pageblockPages - 1)
+    let end = start + PageGeometry.pageblockPages
+    guard start >= z.pointee.start, end <= z.pointee.end else { return nil }
     var free = 0
     var p = start
     while p < end {

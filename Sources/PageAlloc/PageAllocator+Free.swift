@@ -88,8 +88,11 @@ extension PageAllocator {
 
   /// `set_page_flags`-style test hook: sets flags on a page the caller owns, to model a
   /// page in a bad state (`.locked`, `.reserved`...) or a hardware-poisoned one.
+  /// A free page (a free block's head or a page inside one) belongs to the allocator and
+  /// is left alone: flags there would corrupt the free lists.
   public func setPageFlags(_ pfn: PFN, _ flags: PageFlags) {
     guard let r = memMap.record(pfn.value) else { return }
+    if r.pointee.flags.load(ordering: .relaxed) & PG.freeMask != 0 || freeBlockContaining(pfn.value) != nil { return }
     r.pointee.flags.bitwiseOr(flags.intersection(.settable).rawValue, ordering: .relaxed)
   }
 
@@ -140,6 +143,15 @@ extension PageAllocator {
     var t = r + 1
     let end = r + (1 &<< order)
     while t < end {
+      let tw = t.pointee.flags.load(ordering: .relaxed)
+      if _slowPath(tw & PG.freeMask != 0) {
+        // A tail freed behind the owner's back (a frozen free of a refcount-0 tail): it is
+        // a free block now and keeps refcount 0; its pages are skipped.
+        let q = pfn.value &+ (t - r)
+        reportBad(q, .doubleFree, "split_page of a block with a free page", "splitPage", quarantine: false)
+        t += min(1 &<< PG.order(tw), end - t)
+        continue
+      }
       t.pointee.refcount.store(1, ordering: .relaxed)
       t += 1
     }
@@ -282,6 +294,11 @@ extension PageAllocator {
       } else if qw != 0 {
         qr.pointee.flags.store(qw, ordering: .relaxed)
         ok = preparePageSlow(qr, q, qw, op)
+      } else if let blk = freeBlockContaining(q) {
+        // Freed already (a hostile frozen range over this block): a clean-looking page
+        // inside a free block must not be freed twice.
+        reportBad(q, .doubleFree, "page is inside a free block at \(PFN(blk.head))", op, quarantine: false)
+        ok = false
       } else {
         qr.pointee.flags.store(0, ordering: .relaxed)
         if poisoning { fillPoison(q, 1) }
@@ -638,7 +655,21 @@ extension PageAllocator {
     var q = start
     var runStart = -1
     let slow = poisoning || tracing.load(ordering: .relaxed)
+    var recheck = false
     while q < segEnd {
+      if frozen && _slowPath(recheck) {
+        // Freeing the run just closed may have merged it with free blocks ahead (a hostile
+        // frozen range over free memory): pages in those blocks look frozen (refcount 0,
+        // no flags), so look them up once here.
+        recheck = false
+        if let blk = freeBlockContaining(q) {
+          reportBad(q, .doubleFree, "page is inside a free block at \(PFN(blk.head))", op, quarantine: false)
+          let next = min(blk.head &+ (1 &<< blk.order), segEnd)
+          r += next &- q
+          q = next
+          continue
+        }
+      }
       var ok: Bool
       if frozen {
         ok = r.pointee.refcount.load(ordering: .relaxed) == 0
@@ -650,9 +681,16 @@ extension PageAllocator {
         ok = old == 1
         if _slowPath(old <= 0) { refcountUnderflow(q, r, op) }
       }
+      var skip = 1
       if _fastPath(ok) {
         let w = r.pointee.flags.load(ordering: .relaxed)
         if _slowPath(w != 0 || slow) {
+          if frozen && w & PG.freeMask != 0 {
+            // A free block starting inside a frozen range: the pages behind its head have
+            // refcount 0 like frozen pages, so the whole block is skipped, not only the
+            // (reported) head, or they would be freed a second time.
+            skip = min(1 &<< PG.order(w), segEnd &- q)
+          }
           ok = preparePageSlow(r, q, w, op)
         }
       }
@@ -661,9 +699,10 @@ extension PageAllocator {
       } else if runStart >= 0 {
         freePreparedRange(runStart, q &- runStart, zi)
         runStart = -1
+        recheck = frozen
       }
-      q &+= 1
-      r += 1
+      q &+= skip
+      r += skip
     }
     if runStart >= 0 { freePreparedRange(runStart, segEnd &- runStart, zi) }
   }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs a libFuzzer target for a number of seconds (default 60):
+#   Fuzz/run.sh api-sequence 60
+#   Fuzz/run.sh trace-parser 60      (once parseTraceLine exists: see TraceParserFuzz.swift)
+# Builds it first (Fuzz/build.sh). The corpus lives in Fuzz/corpus/<target>; crashes are
+# written to Fuzz/artifacts/<target>/. Exit status nonzero on a crash.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+target="${1:?usage: Fuzz/run.sh api-sequence|trace-parser [seconds]}"
+seconds="${2:-60}"
+if [ -z "${FUZZ_SKIP_BUILD:-}" ]; then "$here/build.sh" "$target" >/dev/null; fi
+mkdir -p "$here/corpus/$target" "$here/artifacts/$target"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}"
+seeds=()
+if [ -d "$here/seeds/$target" ]; then seeds+=("$here/seeds/$target"); fi
+exec "$here/.build/$target" "$here/corpus/$target" "${seeds[@]}" \
+  -max_total_time="$seconds" -max_len=4096 -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
+  -artifact_prefix="$here/artifacts/$target/"

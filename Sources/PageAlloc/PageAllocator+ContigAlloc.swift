@@ -1,0 +1,256 @@
+/// Why ``PageAllocator/allocContigRange(_:gfp:)`` failed.
+public enum ContigRangeError: Error, Equatable, Sendable, CustomStringConvertible {
+  /// The range is empty, leaves its zone, touches a memmap hole, or its pageblocks cross a
+  /// zone boundary; or `.comp` with a count that is not a power of two up to
+  /// MAX_PAGE_ORDER (the kernel's -EINVAL).
+  case invalidRange(Range<PFN>, reason: String)
+  /// Flags `alloc_contig_range()` does not accept (`__alloc_contig_verify_gfp_mask()`).
+  case invalidGFP(GFP)
+  /// A page of the range is in use (allocated, quarantined or reserved), or a pageblock
+  /// is isolated by another caller (the kernel's -EBUSY). Nothing was changed.
+  case busy(PFN, reason: String)
+
+  public var description: String {
+    switch self {
+    case .invalidRange(let r, let why): "invalid range \(r.lowerBound)..<\(r.upperBound): \(why)"
+    case .invalidGFP(let g): "alloc_contig_range does not accept gfp flags \(g)"
+    case .busy(let p, let why): "range busy at pfn \(p): \(why)"
+    }
+  }
+}
+
+extension PageAllocator {
+  /// The flags `alloc_contig_range()` accepts: the reclaim bits (`GFP_KERNEL`...) and the
+  /// action bits COMP, RETRY_MAYFAIL, NOWARN, ZERO, as `__alloc_contig_verify_gfp_mask()`,
+  /// plus the zone modifiers and HARDWALL that ``allocContigPages(count:gfp:)`` uses to
+  /// pick its zones.
+  public static let contigAllowedGFP: GFP = [
+    .reclaim, .io, .fs, .hardwall, .noWarn, .retryMayFail, .noRetry, .comp, .zero, .dma, .dma32,
+    .highmem, .movable,
+  ]
+
+  /// `alloc_contig_range()`: allocates exactly the pages `pfns`, each an order-0 page with
+  /// refcount 1 (or, with `.comp`, one compound page of `ilog2(count)`), to be freed with
+  /// ``freeContigRange(_:count:)`` (compound: ``freePages(_:order:)``).
+  ///
+  /// The pageblocks covering the range are isolated (set to Isolate, their free blocks
+  /// moved to the Isolate lists, a straddling larger buddy split), every pcp list is
+  /// drained, then every page of the range must be free: the free blocks covering it are
+  /// taken, and the over-isolated head `[outerStart, start)` and tail `[end, outerEnd)` of
+  /// those blocks are given back with ``freeContigFrozenRange(_:count:)`` (onto the Isolate
+  /// lists, since the blocks are still isolated). The isolation is always undone, free
+  /// blocks moving back to their pageblock's type and merging.
+  ///
+  /// **No migration exists in PageAlloc**: where the kernel would migrate movable pages
+  /// out of the range, a page in use here makes the call throw
+  /// ``ContigRangeError/busy(_:reason:)``, after which the free lists and pageblock types
+  /// are as they were (the pcp lists have been drained, as the kernel drains them too).
+  ///
+  /// - Throws: ``ContigRangeError``.
+  /// - Complexity: O(pages of the pageblocks covering the range).
+  public func allocContigRange(_ pfns: Range<PFN>, gfp: GFP) throws(ContigRangeError) {
+    try allocContigRangeInternal(pfns, gfp, frozen: false)
+  }
+
+  /// `alloc_contig_frozen_range()`: ``allocContigRange(_:gfp:)`` whose pages all have
+  /// refcount 0 (frozen), to be freed with ``freeContigFrozenRange(_:count:)``.
+  public func allocContigFrozenRange(_ pfns: Range<PFN>, gfp: GFP) throws(ContigRangeError) {
+    try allocContigRangeInternal(pfns, gfp, frozen: true)
+  }
+
+  /// `alloc_contig_pages()`: finds and allocates `count` contiguous pages in the zones
+  /// `gfp` allows (highest zone first), or returns nil.
+  ///
+  /// As the kernel, each zone is tried at pfns aligned to `count` (so a power-of-two count
+  /// is naturally aligned), in steps of `count`, while the zone spans the candidate.
+  /// Candidates with a hole, a reserved page or (departure, since no migration exists) a
+  /// page visibly in use are skipped without isolating anything.
+  public func allocContigPages(count: Int, gfp: GFP) -> PFN? {
+    allocContigPagesInternal(count, gfp, frozen: false)
+  }
+
+  /// `alloc_contig_frozen_pages()`: ``allocContigPages(count:gfp:)`` with frozen pages.
+  public func allocContigFrozenPages(count: Int, gfp: GFP) -> PFN? {
+    allocContigPagesInternal(count, gfp, frozen: true)
+  }
+
+  func allocContigPagesInternal(_ count: Int, _ gfp: GFP, frozen: Bool) -> PFN? {
+    guard count > 0, count <= 1 << 32, gfp.isSubset(of: PageAllocator.contigAllowedGFP) else { return nil }
+    if gfp.contains(.comp) && (count & (count - 1) != 0 || count > 1 << PageGeometry.maxOrder) { return nil }
+    let highest = gfp.highestZone.rawValue
+    var i = 0
+    while i < 4 {
+      let zi = Int(zonelists[highest &* 4 &+ i])
+      if zi < 0 { break }
+      let z = zones + zi
+      let zs = z.pointee.start
+      let ze = z.pointee.end
+      var pfn = (zs + count - 1) / count * count
+      while pfn + count <= ze {
+        if contigCandidateLooksFree(pfn, count) {
+          do {
+            try allocContigRangeInternal(PFN(pfn)..<PFN(pfn + count), gfp, frozen: frozen)
+            return PFN(pfn)
+          } catch {
+            // Busy or racing: try the next candidate.
+          }
+        }
+        pfn += count
+      }
+      i += 1
+    }
+    if !gfp.contains(.noWarn) {
+      reportAllocFailure(count <= 1 ? 0 : (Int.bitWidth - (count - 1).leadingZeroBitCount), gfp)
+    }
+    return nil
+  }
+
+  /// `pfn_range_valid_contig()` plus a lock-free look for pages in use: present, one zone,
+  /// no reserved page, and every page inside a free block (buddy or pcp).
+  func contigCandidateLooksFree(_ start: Int, _ count: Int) -> Bool {
+    var p = start
+    let end = start + count
+    while p < end {
+      guard let r = memMap.record(p) else { return false }
+      let w = r.pointee.flags.load(ordering: .relaxed)
+      if w & PG.freeMask != 0 {
+        p = p & ~((1 &<< PG.order(w)) &- 1) &+ (1 &<< PG.order(w))
+        continue
+      }
+      guard let blk = freeBlockContaining(p) else { return false }
+      p = blk.head &+ (1 &<< blk.order)
+    }
+    return true
+  }
+
+  func allocContigRangeInternal(_ range: Range<PFN>, _ gfp: GFP, frozen: Bool) throws(ContigRangeError) {
+    let start = range.lowerBound.value
+    let end = range.upperBound.value
+    let count = end - start
+    guard count > 0 else { throw .invalidRange(range, reason: "empty range") }
+    guard gfp.isSubset(of: PageAllocator.contigAllowedGFP) else {
+      throw .invalidGFP(gfp.subtracting(PageAllocator.contigAllowedGFP))
+    }
+    let compound = gfp.contains(.comp)
+    var compoundOrder = 0
+    if compound {
+      guard count & (count - 1) == 0, count <= 1 << PageGeometry.maxOrder, start & (count - 1) == 0 else {
+        throw .invalidRange(range, reason: "__GFP_COMP needs a naturally aligned power of two up to 2^\(PageGeometry.maxOrder) pages")
+      }
+      compoundOrder = count.trailingZeroBitCount
+    }
+    guard let zi = zoneIndex(start), end <= zones[zi].end else {
+      throw .invalidRange(range, reason: "not inside one zone")
+    }
+    let z = zones + zi
+    let pbStart = start & ~(PageGeometry.pageblockPages - 1)
+    let pbEnd = (end + PageGeometry.pageblockPages - 1) & ~(PageGeometry.pageblockPages - 1)
+    guard pbStart >= z.pointee.start, pbEnd <= z.pointee.end else {
+      throw .invalidRange(range, reason: "its pageblocks cross a zone boundary")
+    }
+    var s = pbStart
+    while s < pbEnd {
+      guard memMap.record(s) != nil else { throw .invalidRange(range, reason: "pfn \(PFN(s)) is in a memmap hole") }
+      s = memMap.sectionEnd(s)
+    }
+
+    // 1. start_isolate_page_range()
+    z.pointee.lock.lock()
+    let isolated = isolatePageblocksLocked(z, pbStart, pbEnd)
+    z.pointee.lock.unlock()
+    guard isolated else { throw .busy(range.lowerBound, reason: "a pageblock is isolated already") }
+    defer {
+      // 9. undo_isolate_page_range(), always.
+      z.pointee.lock.lock()
+      undoIsolatePageblocksLocked(z, pbStart, pbEnd)
+      z.pointee.lock.unlock()
+    }
+
+    // 2. drain_all_pages(zone); then (no migration) test_pages_isolated() and
+    // isolate_freepages_range() in one zone-lock section. A page freed to a pcp list after
+    // the drain (its free raced the isolation) gets one more drain.
+    var outer: (start: Int, end: Int)? = nil
+    var attempt = 0
+    while true {
+      drainAllPages()
+      z.pointee.lock.lock()
+      let r = takeIsolatedRangeLocked(z, start, end)
+      switch r {
+      case .taken(let os, let oe):
+        z.pointee.lock.unlock()
+        outer = (os, oe)
+      case .onPcp:
+        z.pointee.lock.unlock()
+        attempt += 1
+        if attempt < 3 { continue }
+        throw .busy(range.lowerBound, reason: "pages keep arriving on per-CPU lists")
+      case .busy(let p):
+        z.pointee.lock.unlock()
+        throw .busy(PFN(p), reason: "page in use (PageAlloc has no migration)")
+      }
+      break
+    }
+    guard let (outerStart, outerEnd) = outer else { return }
+
+    // Trim the over-isolated head and tail (__free_contig_frozen_range: Isolate lists).
+    if outerStart < start { freeContigCommon(outerStart, start - outerStart, frozen: true, "allocContigRange") }
+    if end < outerEnd { freeContigCommon(end, outerEnd - end, frozen: true, "allocContigRange") }
+
+    // post_alloc_hook() per page; refcounts (set_pages_refcounted) unless frozen.
+    if compound {
+      let r = memMap.presentRecord(start)
+      r.pointee.flags.store(PG.word(flags: PG.head, order: compoundOrder), ordering: .relaxed)
+      var p = start + 1
+      while p < end {
+        memMap.presentRecord(p).pointee.flags.store(PG.tail, ordering: .relaxed)
+        p += 1
+      }
+      r.pointee.refcount.store(frozen ? 0 : 1, ordering: .relaxed)
+    } else if !frozen {
+      var p = start
+      while p < end {
+        // Records are contiguous within a section only: go through the memmap per page.
+        memMap.presentRecord(p).pointee.refcount.store(1, ordering: .relaxed)
+        p += 1
+      }
+    }
+    if poisoning {
+      var p = start
+      while p < end {
+        checkPoison(p, 0)
+        p += 1
+      }
+    }
+    if gfp.contains(.zero) {
+      var p = start
+      while p < end {
+        if let a = arena.address(of: p) { a.initializeMemory(as: UInt8.self, repeating: 0, count: PageGeometry.pageSize) }
+        p += 1
+      }
+    }
+  }
+
+  enum TakeResult {
+    case taken(Int, Int)
+    case onPcp
+    case busy(Int)
+  }
+
+  /// `test_pages_isolated()` + `isolate_freepages_range()`: when every page of
+  /// `[start, end)` lies in a free block on the Isolate lists, takes those blocks off the
+  /// lists (their pages become frozen order-0 pages) and returns the span they covered.
+  func takeIsolatedRangeLocked(_ z: UnsafeMutablePointer<Zone>, _ start: Int, _ end: Int) -> TakeResult {
+    var blocks: [(pfn: Int, order: Int)] = []
+    var p = start
+    while p < end {
+      guard let blk = freeBlockContaining(p) else { return .busy(p) }
+      if blk.onPcp { return .onPcp }
+      blocks.append((blk.head, blk.order))
+      p = blk.head &+ (1 &<< blk.order)
+    }
+    for b in blocks {
+      delFromFreeList(z, b.pfn, b.order, memMap.freeListTypeRaw(b.pfn))
+    }
+    return .taken(blocks.first!.pfn, p)
+  }
+}

@@ -1,0 +1,131 @@
+import CPageAllocShim
+import Glibc
+import Synchronization
+
+/// The stress engine's random numbers: splitmix64-seeded xoshiro256**, deterministic for a
+/// seed on every platform.
+public struct StressRandom: Sendable {
+  var s0: UInt64, s1: UInt64, s2: UInt64, s3: UInt64
+
+  public init(seed: UInt64) {
+    var x = seed
+    func splitmix(_ x: inout UInt64) -> UInt64 {
+      x &+= 0x9E37_79B9_7F4A_7C15
+      var z = x
+      z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+      z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+      return z ^ (z >> 31)
+    }
+    s0 = splitmix(&x)
+    s1 = splitmix(&x)
+    s2 = splitmix(&x)
+    s3 = splitmix(&x)
+  }
+
+  @inline(__always)
+  public mutating func next() -> UInt64 {
+    let result = ((s1 &* 5) << 7 | (s1 &* 5) >> 57) &* 9
+    let t = s1 << 17
+    s2 ^= s0
+    s3 ^= s1
+    s1 ^= s2
+    s0 ^= s3
+    s2 ^= t
+    s3 = (s3 << 45) | (s3 >> 19)
+    return result
+  }
+
+  /// A uniform integer in `0..<n` (n > 0).
+  @inline(__always)
+  public mutating func below(_ n: Int) -> Int {
+    Int(truncatingIfNeeded: (next() >> 1) % UInt64(n))
+  }
+
+  /// True with probability `p` (0...1).
+  @inline(__always)
+  public mutating func chance(_ p: Double) -> Bool {
+    Double(next() >> 11) * (1.0 / 9_007_199_254_740_992.0) < p
+  }
+}
+
+/// A workload that lives outside this module (vmalloc, on its own branch) plugged into
+/// `pagealloc stress`: the engine calls ``step(_:thread:random:)`` with relative weight
+/// ``weight`` among its own operations, inside the same per-thread gate (so verification
+/// pauses it too), and ``finish(_:thread:)`` once per worker at the end, after which the
+/// extension must hold no page (the leak check counts every page).
+///
+/// Hook for the vmalloc branch: a `VMallocStressExtension` that vmallocs/vfrees random
+/// sizes, keeping its areas per thread, is added to ``StressConfiguration/extensions`` by
+/// the `stress` subcommand.
+public protocol StressExtension: Sendable {
+  var name: String { get }
+  var weight: Int { get }
+  func step(_ allocator: PageAllocator, thread: Int, random: inout StressRandom)
+  func finish(_ allocator: PageAllocator, thread: Int)
+}
+
+/// Per-worker gates: a worker holds its own gate while it runs an operation; an
+/// exclusive operation (verification, a deliberate bad free) takes every gate, in order,
+/// so it runs while no worker is inside an operation.
+final class StressGates: @unchecked Sendable {
+  let count: Int
+  let mutexes: UnsafeMutablePointer<pthread_mutex_t>
+  let pending = Atomic<Int>(0)
+
+  init(count: Int) {
+    self.count = count
+    mutexes = .allocate(capacity: count)
+    for i in 0..<count { pthread_mutex_init(mutexes + i, nil) }
+  }
+
+  deinit {
+    for i in 0..<count { pthread_mutex_destroy(mutexes + i) }
+    mutexes.deallocate()
+  }
+
+  @inline(__always)
+  func enter(_ t: Int) {
+    while pending.load(ordering: .acquiring) > 0 { sched_yield() }
+    pthread_mutex_lock(mutexes + t)
+  }
+
+  @inline(__always)
+  func leave(_ t: Int) { pthread_mutex_unlock(mutexes + t) }
+
+  func exclusive<R>(_ body: () throws -> R) rethrows -> R {
+    pending.wrappingAdd(1, ordering: .acquiringAndReleasing)
+    for i in 0..<count { pthread_mutex_lock(mutexes + i) }
+    defer {
+      for i in (0..<count).reversed() { pthread_mutex_unlock(mutexes + i) }
+      pending.wrappingSubtract(1, ordering: .acquiringAndReleasing)
+    }
+    return try body()
+  }
+}
+
+/// Runs `body(i)` on `count` new POSIX threads and waits for all of them.
+func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+  final class Box: @unchecked Sendable {
+    let body: @Sendable (Int) -> Void
+    let index: Int
+    init(_ body: @escaping @Sendable (Int) -> Void, _ index: Int) {
+      self.body = body
+      self.index = index
+    }
+  }
+  var threads: [pthread_t] = []
+  for i in 0..<count {
+    let box = Unmanaged.passRetained(Box(body, i)).toOpaque()
+    var t = pthread_t()
+    let rc = pthread_create(
+      &t, nil,
+      { raw in
+        let b = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+        b.body(b.index)
+        return nil
+      }, box)
+    precondition(rc == 0, "pthread_create failed: \(rc)")
+    threads.append(t)
+  }
+  for t in threads { pthread_join(t, nil) }
+}
