@@ -38,10 +38,10 @@ public final class PageAllocator: @unchecked Sendable {
   @usableFromInline let tracing: Atomic<Bool>
   @usableFromInline let quarantined: Atomic<Int>
   @usableFromInline let hwpoisoned: Atomic<Int>
-  let reports: Mutex<ReportLog>
-  let traceSinkBox: Mutex<TraceSink?>
+  let reports: LockedState<ReportLog>
+  let traceSinkBox: LockedState<TraceSink?>
   /// Fault injection (fail_page_alloc); nil check is one load.
-  let faultState: Mutex<FaultInjection?>
+  let faultState: LockedState<FaultInjection?>
   @usableFromInline let faultsEnabled: Atomic<Bool>
 
   @usableFromInline static let pcpStride = 192
@@ -110,9 +110,9 @@ public final class PageAllocator: @unchecked Sendable {
     tracing = Atomic(false)
     quarantined = Atomic(0)
     hwpoisoned = Atomic(0)
-    reports = Mutex(ReportLog())
-    traceSinkBox = Mutex(nil)
-    faultState = Mutex(nil)
+    reports = LockedState(ReportLog())
+    traceSinkBox = LockedState(nil)
+    faultState = LockedState(nil)
     faultsEnabled = Atomic(false)
 
     // Zonelists: for each highest kind, the configured zones of that kind or lower, highest

@@ -93,7 +93,7 @@ public protocol TraceSink: AnyObject, Sendable {
 
 /// A sink that keeps every event in memory.
 public final class TraceBuffer: TraceSink, @unchecked Sendable {
-  private let events = Mutex<[TraceEvent]>([])
+  private let events = LockedState<[TraceEvent]>([])
   public init() {}
   public func record(_ event: TraceEvent) { events.withLock { $0.append(event) } }
   /// The events so far.

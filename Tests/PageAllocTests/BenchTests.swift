@@ -165,7 +165,7 @@ import Testing
   @Test func registryNamesAreUnique() {
     let names = BenchRegistry.suites.map(\.name)
     #expect(Set(names).count == names.count)
-    #expect(names == ["high-order", "floor", "frozen-range", "order0", "bulk", "trace-overhead", "vmalloc"])
+    #expect(names == ["high-order", "floor", "frozen-range", "order0", "bulk", "cma", "trace-overhead", "vmalloc"])
     #expect(BenchRegistry.suite(named: "nope") == nil)
   }
 }

@@ -94,6 +94,7 @@ public enum BenchRegistry {
     .frozenRange,
     .order0,
     .bulk,
+    .cma,
     .traceOverhead,
     .vmalloc,
   ]

@@ -41,3 +41,24 @@ extension String {
     String(map { $0 == " " || $0 == ":" ? "_" : $0 })
   }
 }
+
+extension BenchSuite {
+  /// `cma`: 16384-page ranges taken with allocContigRange (isolation, drain, take, undo)
+  /// and released page by page or with the chunked free, refcounted and frozen.
+  public static let cma: BenchSuite = BenchSuite(
+    name: "cma",
+    summary: "16384-page allocContigRange ranges released per page vs freeContigRange",
+    defaultIterations: 300, quickIterations: 10, iterationUnit: "16384-page ranges taken and released",
+    run: { o in try CMABench.run(iterations: max(o.iterations ?? (o.quick ? 10 : 300), 1)) },
+    ratios: { results in
+      func release(_ v: String) -> Double? {
+        results.first { $0.suite == "cma" && $0.variant == v }?.extra["release_ns"]
+      }
+      var out: [(String, Double)] = []
+      if let p = release("per-page"), let c = release("contig"), c > 0 { out.append(("cma.release_speedup", p / c)) }
+      if let p = release("frozen-per-page"), let c = release("frozen-contig"), c > 0 {
+        out.append(("cma.frozen_release_speedup", p / c))
+      }
+      return out
+    })
+}

@@ -2,7 +2,8 @@ import Glibc
 
 /// A value guarded by a `pthread_mutex_t`.
 ///
-/// VMalloc uses this instead of `Synchronization.Mutex` because ThreadSanitizer intercepts
+/// PageAlloc uses this instead of `Synchronization.Mutex` for its side tables (reports,
+/// the trace sink, fault injection, VMalloc's areas) because ThreadSanitizer intercepts
 /// `pthread_mutex_lock`, but does not see the stdlib Mutex's futex fast path, and so
 /// reports every access under a `Mutex` as a race (`swift test --sanitize=thread`).
 /// The lock is taken for short table updates only (no syscalls inside).
