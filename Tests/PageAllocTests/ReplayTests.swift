@@ -4,13 +4,12 @@ import Testing
 
 @testable import PageAlloc
 
-/// The real Linux 6.18 capture in ../shared/traces (relative to the package root).
+/// The real Linux 6.18 capture, kept in Tests/Fixtures (a copy of ../shared/traces).
 let realTracePath: String = {
   let file = "\(#filePath)"
   let root = file.firstRange(of: "/Tests/").map { String(file[..<$0.lowerBound]) } ?? "."
-  return root + "/../shared/traces/kmem-6.18-swiftc-tar.trace.gz"
+  return root + "/Tests/Fixtures/kmem-6.18-swiftc-tar.trace.gz"
 }()
-let realTraceExists = access(realTracePath, R_OK) == 0
 
 /// Replays text held in memory.
 func replay(_ text: String, name: String = "t.trace", zone: Range<PFN>? = nil, strict: Bool = false) throws(ReplayError)
@@ -207,7 +206,7 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
 
   /// The Linux 6.18 capture: the final free blocks are the canonical decomposition of the
   /// free set an independent model of the replay semantics computes.
-  @Test(.enabled(if: realTraceExists)) func realTraceEndsCanonical() throws {
+  @Test func realTraceEndsCanonical() throws {
     let (r, a) = try TraceReplay.run(path: realTracePath)
     try a.verify()
     let parsed = try TraceReplay.withFileBytes(path: realTracePath) { KmemTraceParser.parse($0) }
@@ -439,7 +438,7 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
   }
 
   /// A gzip file cut short is an error naming the line the data stopped in.
-  @Test(.enabled(if: realTraceExists)) func truncatedGzipIsAnError() throws {
+  @Test func truncatedGzipIsAnError() throws {
     let f = fopen(realTracePath, "r")!
     var head = [UInt8](repeating: 0, count: 300_000)
     let n = fread(&head, 1, head.count, f)
