@@ -216,36 +216,20 @@ extension PageAllocator {
     z.pointee.nrFreePages.load(ordering: .relaxed) < z.pointee.wmarkHigh
   }
 
+  /// Puts a block on a pcp list's tail (a refill: `rmqueue_bulk()` adds at the tail).
   @inlinable @inline(__always)
   func pcpAddTail(_ l: UnsafeMutablePointer<FreeList>, _ pfn: Int, _ order: Int) {
     let r = memMap.presentRecord(pfn)
     r.pointee.flags.store(PG.word(flags: PG.pcp, order: order), ordering: .relaxed)
-    let p = UInt32(truncatingIfNeeded: pfn)
-    r.pointee.next = PageRecord.nilLink
-    r.pointee.prev = l.pointee.tail
-    if l.pointee.tail != PageRecord.nilLink {
-      memMap.presentRecord(Int(l.pointee.tail)).pointee.next = p
-    } else {
-      l.pointee.head = p
-    }
-    l.pointee.tail = p
-    l.pointee.count = l.pointee.count &+ 1
+    linkTail(l, pfn, r)
   }
 
+  /// Puts a block on a pcp list's head (a free: the hot end).
   @inlinable @inline(__always)
   func pcpAddHead(_ l: UnsafeMutablePointer<FreeList>, _ pfn: Int, _ order: Int) {
     let r = memMap.presentRecord(pfn)
     r.pointee.flags.store(PG.word(flags: PG.pcp, order: order), ordering: .relaxed)
-    let p = UInt32(truncatingIfNeeded: pfn)
-    r.pointee.prev = PageRecord.nilLink
-    r.pointee.next = l.pointee.head
-    if l.pointee.head != PageRecord.nilLink {
-      memMap.presentRecord(Int(l.pointee.head)).pointee.prev = p
-    } else {
-      l.pointee.tail = p
-    }
-    l.pointee.head = p
-    l.pointee.count = l.pointee.count &+ 1
+    linkHead(l, pfn, r)
   }
 
   /// Pops the oldest block (the tail) of a pcp list.

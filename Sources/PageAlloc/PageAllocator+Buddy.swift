@@ -3,33 +3,57 @@ import Synchronization
 // The zone's free lists and the buddy algorithm: everything here runs under zone->lock.
 
 extension PageAllocator {
+  // MARK: Intrusive list links (free lists and pcp lists alike)
+
+  /// Links the block whose head is `pfn` (record `r`) at the head of `l`.
+  @inlinable @inline(__always)
+  func linkHead(_ l: UnsafeMutablePointer<FreeList>, _ pfn: Int, _ r: UnsafeMutablePointer<PageRecord>) {
+    let p = UInt32(truncatingIfNeeded: pfn)
+    r.pointee.prev = PageRecord.nilLink
+    r.pointee.next = l.pointee.head
+    if l.pointee.head != PageRecord.nilLink {
+      memMap.presentRecord(Int(l.pointee.head)).pointee.prev = p
+    } else {
+      l.pointee.tail = p
+    }
+    l.pointee.head = p
+    l.pointee.count = l.pointee.count &+ 1
+  }
+
+  /// Links the block whose head is `pfn` (record `r`) at the tail of `l`.
+  @inlinable @inline(__always)
+  func linkTail(_ l: UnsafeMutablePointer<FreeList>, _ pfn: Int, _ r: UnsafeMutablePointer<PageRecord>) {
+    let p = UInt32(truncatingIfNeeded: pfn)
+    r.pointee.next = PageRecord.nilLink
+    r.pointee.prev = l.pointee.tail
+    if l.pointee.tail != PageRecord.nilLink {
+      memMap.presentRecord(Int(l.pointee.tail)).pointee.next = p
+    } else {
+      l.pointee.head = p
+    }
+    l.pointee.tail = p
+    l.pointee.count = l.pointee.count &+ 1
+  }
+
+  /// Unlinks the block with record `r` from `l`.
+  @inlinable @inline(__always)
+  func unlink(_ l: UnsafeMutablePointer<FreeList>, _ r: UnsafeMutablePointer<PageRecord>) {
+    let next = r.pointee.next
+    let prev = r.pointee.prev
+    if prev != PageRecord.nilLink { memMap.presentRecord(Int(prev)).pointee.next = next } else { l.pointee.head = next }
+    if next != PageRecord.nilLink { memMap.presentRecord(Int(next)).pointee.prev = prev } else { l.pointee.tail = prev }
+    l.pointee.count = l.pointee.count &- 1
+  }
+
+  // MARK: Free lists
+
   /// `__add_to_free_list()` + `account_freepages()`: puts a free block on a list.
   @inlinable @inline(__always)
   func addToFreeList(_ z: UnsafeMutablePointer<Zone>, _ pfn: Int, _ order: Int, _ mt: Int, tail: Bool) {
     let r = memMap.presentRecord(pfn)
     r.pointee.flags.store(PG.word(flags: PG.buddy, order: order), ordering: .relaxed)
     let l = z.pointee.lists + listIndex(order, mt)
-    let p = UInt32(truncatingIfNeeded: pfn)
-    if tail {
-      r.pointee.next = PageRecord.nilLink
-      r.pointee.prev = l.pointee.tail
-      if l.pointee.tail != PageRecord.nilLink {
-        memMap.presentRecord(Int(l.pointee.tail)).pointee.next = p
-      } else {
-        l.pointee.head = p
-      }
-      l.pointee.tail = p
-    } else {
-      r.pointee.prev = PageRecord.nilLink
-      r.pointee.next = l.pointee.head
-      if l.pointee.head != PageRecord.nilLink {
-        memMap.presentRecord(Int(l.pointee.head)).pointee.prev = p
-      } else {
-        l.pointee.tail = p
-      }
-      l.pointee.head = p
-    }
-    l.pointee.count = l.pointee.count &+ 1
+    if tail { linkTail(l, pfn, r) } else { linkHead(l, pfn, r) }
     if mt != MigrateType.isolate.rawValue {
       z.pointee.nrFreePages.store(
         z.pointee.nrFreePages.load(ordering: .relaxed) &+ (1 &<< order), ordering: .relaxed)
@@ -40,12 +64,7 @@ extension PageAllocator {
   @inlinable @inline(__always)
   func delFromFreeList(_ z: UnsafeMutablePointer<Zone>, _ pfn: Int, _ order: Int, _ mt: Int) {
     let r = memMap.presentRecord(pfn)
-    let l = z.pointee.lists + listIndex(order, mt)
-    let next = r.pointee.next
-    let prev = r.pointee.prev
-    if prev != PageRecord.nilLink { memMap.presentRecord(Int(prev)).pointee.next = next } else { l.pointee.head = next }
-    if next != PageRecord.nilLink { memMap.presentRecord(Int(next)).pointee.prev = prev } else { l.pointee.tail = prev }
-    l.pointee.count = l.pointee.count &- 1
+    unlink(z.pointee.lists + listIndex(order, mt), r)
     r.pointee.flags.store(0, ordering: .relaxed)
     if mt != MigrateType.isolate.rawValue {
       z.pointee.nrFreePages.store(

@@ -150,11 +150,7 @@ extension PageAllocator {
           || (tail != PageRecord.nilLink && l.pointee.tail == tail)
         {
           let r = memMap.presentRecord(pfn)
-          let next = r.pointee.next
-          let prev = r.pointee.prev
-          if prev != PageRecord.nilLink { memMap.presentRecord(Int(prev)).pointee.next = next } else { l.pointee.head = next }
-          if next != PageRecord.nilLink { memMap.presentRecord(Int(next)).pointee.prev = prev } else { l.pointee.tail = prev }
-          l.pointee.count = l.pointee.count &- 1
+          unlink(l, r)
           r.pointee.flags.store(0, ordering: .relaxed)
           pc.pointee.count = pc.pointee.count &- (1 &<< order)
           return

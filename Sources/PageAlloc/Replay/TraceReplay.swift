@@ -108,7 +108,7 @@ public struct ReplayReport: Sendable {
   /// The same figures as JSON; `buddyinfo` is an array of 11 counts per zone.
   public var json: String {
     var s = "{\n"
-    s += "  \"file\": \(_jsonString(file)),\n"
+    s += "  \"file\": \(jsonString(file)),\n"
     s += "  \"lines_read\": \(linesRead),\n"
     s += "  \"events_applied\": \(eventsApplied),\n"
     s += "  \"allocs_applied\": \(allocsApplied),\n"
@@ -140,25 +140,6 @@ func _ms(_ s: Double) -> String {
   return String(v)
 }
 
-func _jsonString(_ s: String) -> String {
-  var out = "\""
-  for u in s.unicodeScalars {
-    switch u {
-    case "\"": out += "\\\""
-    case "\\": out += "\\\\"
-    case "\n": out += "\\n"
-    case "\t": out += "\\t"
-    default:
-      if u.value < 0x20 {
-        let h = String(u.value, radix: 16)
-        out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
-      } else {
-        out.unicodeScalars.append(u)
-      }
-    }
-  }
-  return out + "\""
-}
 
 /// Replays a kernel kmem trace into a fresh allocator (backing `.none`).
 ///

@@ -154,14 +154,14 @@ public struct FragmentationMap: Sendable {
     s += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(width)\" height=\"\(height)\" viewBox=\"0 0 \(width) \(height)\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n"
     s += "<defs><pattern id=\"frag\" width=\"4\" height=\"4\" patternUnits=\"userSpaceOnUse\"><path d=\"M-1,1 l2,-2 M0,4 l4,-4 M3,5 l2,-2\" stroke=\"#000\" stroke-width=\"1\"/></pattern></defs>\n"
     s += "<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n"
-    s += "<text x=\"\(margin)\" y=\"22\" font-size=\"15\" font-weight=\"bold\">\(escape(title))</text>\n"
+    s += "<text x=\"\(margin)\" y=\"22\" font-size=\"15\" font-weight=\"bold\">\(xmlEscape(title))</text>\n"
     let zoneText = zones.map { "\($0.kind) \($0.pfns.lowerBound)-\($0.pfns.upperBound)" }.joined(separator: ", ")
-    s += "<text x=\"\(margin)\" y=\"40\" font-size=\"11\">\(escape(zoneText)): \(present) pageblocks of \(pb) pages; free \(totalFree) pages; \(fullyFree) pageblocks wholly free; \(fragmented) fragmented (hatched)</text>\n"
+    s += "<text x=\"\(margin)\" y=\"40\" font-size=\"11\">\(xmlEscape(zoneText)): \(present) pageblocks of \(pb) pages; free \(totalFree) pages; \(fullyFree) pageblocks wholly free; \(fragmented) fragmented (hatched)</text>\n"
     var line2 = "unusable free index: order 4 \(fmt(unusable4)), order 9 \(fmt(unusable)) (share of free pages in smaller blocks)"
     if hasAllocationTypes {
       line2 += "; colour: majority migratetype= of the pages allocated in the block; \(mixed) mixed blocks (black corner)"
     }
-    s += "<text x=\"\(margin)\" y=\"55\" font-size=\"11\">\(escape(line2))</text>\n"
+    s += "<text x=\"\(margin)\" y=\"55\" font-size=\"11\">\(xmlEscape(line2))</text>\n"
     // Legend.
     var lx = margin
     for t in MigrateType.allCases {
@@ -231,17 +231,4 @@ public struct FragmentationMap: Sendable {
     return t
   }
 
-  private func escape(_ s: String) -> String {
-    var o = ""
-    for ch in s {
-      switch ch {
-      case "&": o += "&amp;"
-      case "<": o += "&lt;"
-      case ">": o += "&gt;"
-      case "\"": o += "&quot;"
-      default: o.append(ch)
-      }
-    }
-    return o
-  }
 }
