@@ -23,7 +23,7 @@ enum MapCountBudget {
     defer { fclose(f) }
     var buf = [CChar](repeating: 0, count: 64)
     guard fgets(&buf, Int32(buf.count), f) != nil else { return 65530 }
-    let text = String(cString: buf).filter(\.isNumber)
+    let text = buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }.filter(\.isNumber)
     guard let v = Int(text), v > 0 else { return 65530 }
     return v
   }()
@@ -65,7 +65,7 @@ public func processMappings(in lower: UInt, _ upper: UInt) -> [ProcessMapping] {
   var out: [ProcessMapping] = []
   var buf = [CChar](repeating: 0, count: 4096)
   while fgets(&buf, Int32(buf.count), f) != nil {
-    let line = String(cString: buf)
+    let line = buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
     let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
     guard fields.count >= 5 else { continue }
     let range = fields[0].split(separator: "-")
