@@ -38,12 +38,25 @@ enum FloorBench {
         throw BenchError(suite: name, "order \(order) is outside 0...\(PageGeometry.maxOrder)")
       }
       let perRound = max(1, pagesPerRound >> order)
-      let rounds = (n + perRound - 1) / perRound
+      // The variants run interleaved in `passes` passes and each keeps its fastest pass, so
+      // a burst of noise on this shared machine cannot land on one variant only (the floor
+      // must not read above the path it bounds because it ran during someone's build).
+      let passes = 3
+      let passRounds = max(1, (n + perRound * passes - 1) / (perRound * passes))
+      let rounds = passRounds * passes
       var ns: [Variant: (free: UInt64, alloc: UInt64)] = [:]
-      for (v, variant) in Variant.allCases.enumerated() {
-        let span = 1.0 / Double(orders.count * Variant.allCases.count)
-        let base = Double(k * Variant.allCases.count + v) * span
-        ns[variant] = try measure(o, order, perRound, rounds, variant, progress: (base, span))
+      for pass in 0..<passes {
+        for (v, variant) in Variant.allCases.enumerated() {
+          let span = 1.0 / Double(orders.count * Variant.allCases.count * passes)
+          let base = Double((k * passes + pass) * Variant.allCases.count + v) * span
+          let r = try measure(o, order, perRound, passRounds, variant, progress: (base, span))
+          if let best = ns[variant], best.free <= r.free { continue }
+          ns[variant] = r
+        }
+      }
+      for variant in Variant.allCases {
+        let r = ns[variant]!
+        ns[variant] = (r.free &* UInt64(passes), r.alloc &* UInt64(passes))
       }
       let floorNs = ns[.floor]!.free
       for variant in Variant.allCases {
