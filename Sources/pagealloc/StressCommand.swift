@@ -31,7 +31,7 @@ struct Stress: ParsableCommand {
   @Flag(inversion: .prefixedNo, help: "Mix in vmalloc/vfree/vmap/vunmap (memfd-backed memory).")
   var vmalloc = true
   @Option(name: .customLong("vmalloc-weight"), help: "Weight of vmalloc operations against the engine's 100.")
-  var vmallocWeight = 4
+  var vmallocWeight = 1
 
   func validate() throws {
     guard (1...256).contains(threads) else { throw ValidationError("--threads \(threads): must be 1...256") }

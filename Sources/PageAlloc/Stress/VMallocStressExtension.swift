@@ -87,7 +87,7 @@ public final class VMallocStressExtension: StressExtension, @unchecked Sendable 
 
   /// - Parameter weight: relative weight among the engine's operations (the engine's own
   ///   add up to 100).
-  public init(weight: Int = 4) {
+  public init(weight: Int = 1) {
     self.weight = weight
   }
 
