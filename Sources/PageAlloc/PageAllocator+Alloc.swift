@@ -9,7 +9,9 @@ extension PageAllocator {
   /// DMA32 -> DMA), first against each zone's low watermark, then against its min
   /// watermark less the reserves `.high` (GFP_ATOMIC) may use. PageAlloc has no reclaim and
   /// no compaction: a request that finds every zone below its watermark, or no free block
-  /// of the order, returns `nil` with a warn_alloc report (unless `.noWarn`).
+  /// of the order, returns `nil` with a warn_alloc report (unless `.noWarn`). A request that
+  /// may reclaim (`.directReclaim`, as in `.kernel`) first drains every CPU's pcp lists and
+  /// tries once more, as the kernel's direct-reclaim path does when reclaim frees nothing.
   ///
   /// - Complexity: O(1) from a per-CPU list; O(MAX_PAGE_ORDER) from the buddy, plus
   ///   O(2^order) for `.comp`, `.zero` and page poisoning.
@@ -71,6 +73,7 @@ extension PageAllocator {
   @usableFromInline @inline(never)
   func allocSlowWalk(_ order: Int, _ gfp: GFP, frozen: Bool, _ mt: Int, _ highest: Int) -> Int? {
     var pass = 0
+    var drained = false
     while pass < 2 {
       var i = pass == 0 ? 1 : 0
       while i < 4 {
@@ -88,6 +91,16 @@ extension PageAllocator {
         i &+= 1
       }
       pass &+= 1
+      if pass == 2 && !drained && gfp.contains(.directReclaim) {
+        // __alloc_pages_direct_reclaim(): when reclaim frees nothing, the kernel drains
+        // every CPU's pcp lists once and retries. There is no reclaim here, but the pages
+        // other CPUs hold on their pcp lists are free memory all the same.
+        drained = true
+        if pcpPageCount > 0 {
+          drainAllPages()
+          pass = 1
+        }
+      }
     }
     reportAllocFailure(order, gfp)
     tracePageAlloc(nil, order, mt, gfp)

@@ -8,7 +8,10 @@ struct Stress: ParsableCommand {
     discussion: """
       Every worker mixes alloc/free of every order, split, get/put, freeContigRange, bulk, \
       frozen and contiguous-range calls with injected allocation failures; verify() runs \
-      at intervals and at the end. --bad-free RATE adds deliberate double frees, wrong \
+      at intervals and at the end. With --vmalloc (the default) every worker also vmallocs \
+      and vfrees areas of 1...600 pages and vmaps pages it allocated, checking the patterns \
+      it writes through both addresses; the memory is then a memfd (MAP_NORESERVE: only \
+      touched pages cost RAM). --no-vmalloc keeps the memory unbacked. --bad-free RATE adds deliberate double frees, wrong \
       orders, foreign pfns and compound heads: each must be reported, none may cost a page. \
       Exit status 1 when a check fails.
       """)
@@ -25,6 +28,10 @@ struct Stress: ParsableCommand {
   var verifyEvery = 100_000
   @Option(help: "Pages of memory (a DMA zone of 4096 pages, the rest Normal, a hole in the middle).")
   var pages = 1 << 16
+  @Flag(inversion: .prefixedNo, help: "Mix in vmalloc/vfree/vmap/vunmap (memfd-backed memory).")
+  var vmalloc = true
+  @Option(name: .customLong("vmalloc-weight"), help: "Weight of vmalloc operations against the engine's 100.")
+  var vmallocWeight = 1
 
   func validate() throws {
     guard (1...256).contains(threads) else { throw ValidationError("--threads \(threads): must be 1...256") }
@@ -34,19 +41,24 @@ struct Stress: ParsableCommand {
     guard (0...100).contains(faultPercent) else { throw ValidationError("--fault-percent \(faultPercent): must be 0...100") }
     guard verifyEvery >= 0 else { throw ValidationError("--verify-every \(verifyEvery): must not be negative") }
     guard pages >= 8192 && pages <= 1 << 26 else { throw ValidationError("--pages \(pages): must be 8192...2^26") }
+    guard (1...10_000).contains(vmallocWeight) else {
+      throw ValidationError("--vmalloc-weight \(vmallocWeight): must be 1...10000")
+    }
   }
 
   func run() throws {
     let config = StressConfiguration(
       threads: threads, seconds: seconds ?? (ops == nil ? 5 : nil), operations: ops, seed: seed,
       badFreeRate: badFree, faultPercent: faultPercent, verifyEvery: verifyEvery, pages: pages,
-      extensions: stressExtensions())
+      extensions: stressExtensions(vmalloc: vmalloc, vmallocWeight: vmallocWeight))
     let summary = try StressEngine.run(config)
     print(summary)
     if !summary.passed { throw ExitCode(1) }
   }
 }
 
-/// Workloads from other parts of the tool plugged into the stress run. The vmalloc branch
-/// adds its `StressExtension` here (vmalloc/vfree/vmap of random sizes).
-func stressExtensions() -> [any StressExtension] { [] }
+/// Workloads from other parts of the tool plugged into the stress run: vmalloc/vfree/vmap
+/// of random sizes (its memfd backing follows from the extension).
+func stressExtensions(vmalloc: Bool, vmallocWeight: Int) -> [any StressExtension] {
+  vmalloc ? [VMallocStressExtension(weight: vmallocWeight)] : []
+}

@@ -52,6 +52,30 @@ import Testing
     try a.verify()
   }
 
+  @Test func directReclaimRequestsDrainOtherCPUsPcpListsBeforeFailing() throws {
+    let a = try makeAllocator(pages: 8192, cpus: 2)
+    defer { PageAllocator.setThreadCPU(nil) }
+    PageAllocator.setThreadCPU(0)
+    var held: [PFN] = []
+    while let p = a.allocPages(order: 0, gfp: [.kernel, .noWarn]) { held.append(p) }
+    // CPU 0 frees a few pages: they sit on its pcp list, not in the zone's free count.
+    for p in held.suffix(40) { a.putPage(p) }
+    held.removeLast(40)
+    #expect(a.zoneStatistics()[0].pagesets[0].count == 40)
+    PageAllocator.setThreadCPU(1)
+    // GFP_NOWAIT may not reclaim: it fails, the pages stay on CPU 0's list.
+    #expect(a.allocPages(order: 0, gfp: [.nowait, .noWarn]) == nil)
+    #expect(a.pcpPageCount == 40)
+    // GFP_KERNEL drains every pcp list and retries.
+    let p = try #require(a.allocPages(order: 0, gfp: .kernel))
+    #expect(a.zoneStatistics()[0].pagesets[0].count == 0)
+    held.append(p)
+    for h in held { a.putPage(h) }
+    a.drainAllPages()
+    try a.verify()
+    #expect(a.freePageCount == a.managedPageCount)
+  }
+
   @Test func zonelistFallsBackNormalToDMA32ToDMA() throws {
     let a = try PageAllocator(
       configuration: .init(

@@ -79,7 +79,7 @@ import Testing
 
 /// Threads hammering one allocator directly (no gates), with verify() running alongside:
 /// every page accounted for at the end.
-@Suite struct MixedConcurrencyTests {
+@Suite struct StressConcurrencyTests {
   @Test(arguments: [2, 3])
   func mixedAllocFreeContigAccountsForEveryPage(threads: Int) throws {
     let a = try PageAllocator(configuration: .normal(pages: 1 << 15, cpuCount: 2, backing: .none))

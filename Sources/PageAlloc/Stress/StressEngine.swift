@@ -22,15 +22,18 @@ public struct StressConfiguration: Sendable {
   /// of its operations; 0: only at the end.
   public var verifyEvery: Int
   /// Pages of memory: a 4096-page DMA zone, the rest Normal, with a one-section hole in the
-  /// middle (sections of 4096 pages). Backing `.none`.
+  /// middle (sections of 4096 pages).
   public var pages: Int
+  /// The memory behind the pages; nil: `.none` unless an extension needs more (vmalloc
+  /// needs `.memfd`, reserved with `MAP_NORESERVE`: only the pages it touches cost memory).
+  public var backing: Backing?
   /// Workloads from other modules (the vmalloc hook).
   public var extensions: [any StressExtension]
 
   public init(
     threads: Int = 1, seconds: Double? = nil, operations: Int? = nil, seed: UInt64 = 1,
     badFreeRate: Double = 0, faultPercent: Int = 1, verifyEvery: Int = 100_000, pages: Int = 1 << 16,
-    extensions: [any StressExtension] = []
+    extensions: [any StressExtension] = [], backing: Backing? = nil
   ) {
     self.threads = threads
     self.seconds = seconds
@@ -41,6 +44,7 @@ public struct StressConfiguration: Sendable {
     self.verifyEvery = verifyEvery
     self.pages = pages
     self.extensions = extensions
+    self.backing = backing
   }
 
   /// The allocator configuration the engine builds.
@@ -50,7 +54,8 @@ public struct StressConfiguration: Sendable {
       zones: [
         ZoneConfiguration(kind: .dma, pfns: PFN(0)..<PFN(4096)),
         ZoneConfiguration(kind: .normal, pfns: PFN(4096)..<PFN(pages)),
-      ], cpuCount: max(threads, 2), backing: .none, sectionPages: 4096,
+      ], cpuCount: max(threads, 2),
+      backing: backing ?? extensions.lazy.compactMap(\.requiredBacking).first ?? .none, sectionPages: 4096,
       holes: pages >= 16384 ? [PFN(hole)..<PFN(hole + 4096)] : [])
   }
 }
@@ -87,6 +92,8 @@ public struct StressSummary: Sendable, CustomStringConvertible {
   public var stateChecksum: UInt64
   /// The first verification failure, if any.
   public var verifyError: String?
+  /// What each extension reported (its failures fail the run).
+  public var extensionReports: [StressExtensionReport] = []
 
   public var opsPerSecond: Double {
     elapsedNanoseconds > 0 ? Double(operations) * 1e9 / Double(elapsedNanoseconds) : 0
@@ -95,7 +102,7 @@ public struct StressSummary: Sendable, CustomStringConvertible {
   /// Whether the run found no problem.
   public var passed: Bool {
     verifyError == nil && unexpectedBadPages == 0 && pagesLeaked == 0 && badFreesCaught == badFreesInjected
-      && badFreeReports == badFreesInjected
+      && badFreeReports == badFreesInjected && extensionReports.allSatisfy(\.failures.isEmpty)
   }
 
   /// Everything but the timing: equal for two single-thread runs with the same seed.
@@ -105,7 +112,7 @@ public struct StressSummary: Sendable, CustomStringConvertible {
       "\(allocationFailures)", "\(failuresInjected)", "\(contigBusy)", "\(verifications)",
       "\(badFreesInjected)", "\(badFreesCaught)", "\(badFreeReports)", "\(badFreesByKind.sorted { $0.key < $1.key })", "\(badPages)",
       "\(quarantinedPages)", "\(pagesLeaked)", "\(stateChecksum)",
-    ]
+    ] + extensionReports.map(\.formatted)
   }
 
   public var description: String {
@@ -122,6 +129,7 @@ public struct StressSummary: Sendable, CustomStringConvertible {
     s += "\n"
     s += "bad pages \(badPages) (unexpected \(unexpectedBadPages)), quarantined \(quarantinedPages)\n"
     s += "pages leaked \(pagesLeaked)\n"
+    for r in extensionReports { s += r.formatted + "\n" }
     s += "state checksum \(String(stateChecksum, radix: 16))\n"
     s += passed ? "PASS" : "FAIL"
     return s
@@ -513,6 +521,19 @@ public enum StressEngine {
   public static func run(_ config: StressConfiguration, on a: PageAllocator) -> StressSummary {
     precondition(config.threads >= 1, "threads must be at least 1")
     precondition(config.seconds != nil || config.operations != nil, "set seconds or operations")
+    // Extensions first (before fault injection); one that cannot start is left out and
+    // fails the run.
+    var started: [any StressExtension] = []
+    var prepareFailures: [StressExtensionReport] = []
+    for e in config.extensions {
+      do {
+        try e.prepare(a, threads: config.threads)
+        started.append(e)
+      } catch {
+        prepareFailures.append(StressExtensionReport(name: e.name, failures: ["cannot start: \(error)"]))
+      }
+    }
+    let extensions = started
     if config.faultPercent > 0 {
       a.setFaultInjection(FaultInjection(probability: config.faultPercent, seed: config.seed | 1))
     }
@@ -535,7 +556,7 @@ public enum StressEngine {
     let t0 = monotonicNanoseconds()
     runOnThreads(n) { t in
       cpa_set_thread_cpu_override(Int32(t % max(n, 2)))
-      let w = Worker(a, t, seed: config.seed, budget: budget, extensions: config.extensions)
+      let w = Worker(a, t, seed: config.seed, budget: budget, extensions: extensions)
       var limit = Int.max
       if let total { limit = total / n + (t < total % n ? 1 : 0) }
       var i = 0
@@ -592,8 +613,9 @@ public enum StressEngine {
       cpa_set_thread_cpu_override(Int32(t % max(n, 2)))
       while let h = w.held.popLast() { w.release(h, random: false) }
       w.heldPages = 0
-      for e in config.extensions { e.finish(a, thread: t) }
+      for e in extensions { e.finish(a, thread: t) }
     }
+    summary.extensionReports = prepareFailures + extensions.map { $0.report() }
     cpa_set_thread_cpu_override(-1)
     a.drainAllPages()
     summary.verifications += 1

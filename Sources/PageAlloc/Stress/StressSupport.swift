@@ -48,20 +48,59 @@ public struct StressRandom: Sendable {
   }
 }
 
-/// A workload that lives outside this module (vmalloc, on its own branch) plugged into
-/// `pagealloc stress`: the engine calls ``step(_:thread:random:)`` with relative weight
-/// ``weight`` among its own operations, inside the same per-thread gate (so verification
-/// pauses it too), and ``finish(_:thread:)`` once per worker at the end, after which the
-/// extension must hold no page (the leak check counts every page).
+/// A workload plugged into `pagealloc stress` (vmalloc: ``VMallocStressExtension``).
 ///
-/// Hook for the vmalloc branch: a `VMallocStressExtension` that vmallocs/vfrees random
-/// sizes, keeping its areas per thread, is added to ``StressConfiguration/extensions`` by
-/// the `stress` subcommand.
+/// The engine calls ``prepare(_:threads:)`` once before the workers start, then
+/// ``step(_:thread:random:)`` with relative weight ``weight`` among its own operations,
+/// inside the same per-thread gate (so verification pauses it too), then
+/// ``finish(_:thread:)`` once per worker at the end, after which the extension must hold no
+/// page (the leak check counts every page), and last ``report()``, whose failures fail the
+/// run. An extension that needs real memory says so with ``requiredBacking``: the engine's
+/// allocator then uses that backing instead of `.none`.
 public protocol StressExtension: Sendable {
   var name: String { get }
   var weight: Int { get }
+  /// The memory backing the extension needs (nil: any, including `.none`).
+  var requiredBacking: Backing? { get }
+  /// Called once per run, before any step, on the allocator the run uses. A thrown error
+  /// fails the run and leaves the extension out of it.
+  func prepare(_ allocator: PageAllocator, threads: Int) throws
   func step(_ allocator: PageAllocator, thread: Int, random: inout StressRandom)
   func finish(_ allocator: PageAllocator, thread: Int)
+  /// What the extension did and what went wrong, after every ``finish(_:thread:)``.
+  func report() -> StressExtensionReport
+}
+
+extension StressExtension {
+  public var requiredBacking: Backing? { nil }
+  public func prepare(_ allocator: PageAllocator, threads: Int) throws {}
+  public func report() -> StressExtensionReport { StressExtensionReport(name: name) }
+}
+
+/// An extension's counts and failures for ``StressSummary``.
+public struct StressExtensionReport: Sendable, Equatable {
+  public var name: String
+  /// Operations by kind (deterministic for a single-thread run).
+  public var counts: [String: Int]
+  /// Problems found (pattern mismatches, leaks); any fails the run.
+  public var failures: [String]
+
+  public init(name: String, counts: [String: Int] = [:], failures: [String] = []) {
+    self.name = name
+    self.counts = counts
+    self.failures = failures
+  }
+
+  /// `name: k v, k v` and, when there are any, the first failures.
+  public var formatted: String {
+    var s = name + ": " + counts.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+    if failures.isEmpty {
+      s += "; no failure"
+    } else {
+      s += "; \(failures.count) failure(s): " + failures.prefix(5).joined(separator: "; ")
+    }
+    return s
+  }
 }
 
 /// Per-worker gates: a worker holds its own gate while it runs an operation; an
