@@ -20,25 +20,36 @@ void cpa_free_file_bytes(unsigned char *p, size_t cap) {
   if (p != NULL && cap > 0) munmap(p, cap);
 }
 
-int cpa_read_maybe_gzip(const char *path, unsigned char **out, size_t *len, size_t *capOut, char *err,
-                        size_t errlen) {
-  *out = NULL;
-  *len = 0;
-  *capOut = 0;
+// Opens a regular file for reading; -1 with a message in err otherwise.
+static int open_regular(const char *path, struct stat *st, char *err, size_t errlen) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     snprintf(err, errlen, "%s", strerror(errno));
     return -1;
   }
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    snprintf(err, errlen, "%s", S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
+  if (fstat(fd, st) != 0 || !S_ISREG(st->st_mode)) {
+    snprintf(err, errlen, "%s", S_ISDIR(st->st_mode) ? "is a directory" : "not a regular file");
     close(fd);
     return -1;
   }
+  return fd;
+}
+
+// Whether the file starts with the gzip magic bytes 1f 8b.
+static int has_gzip_magic(int fd) {
   unsigned char magic[2] = {0, 0};
-  ssize_t m = pread(fd, magic, 2, 0);
-  if (m < 2 || magic[0] != 0x1f || magic[1] != 0x8b) {
+  return pread(fd, magic, 2, 0) == 2 && magic[0] == 0x1f && magic[1] == 0x8b;
+}
+
+int cpa_read_maybe_gzip(const char *path, unsigned char **out, size_t *len, size_t *capOut, char *err,
+                        size_t errlen) {
+  *out = NULL;
+  *len = 0;
+  *capOut = 0;
+  struct stat st;
+  int fd = open_regular(path, &st, err, errlen);
+  if (fd < 0) return -1;
+  if (!has_gzip_magic(fd)) {
     // Plain text: map the file.
     if (st.st_size == 0) {
       close(fd);
@@ -119,21 +130,12 @@ int cpa_read_maybe_gzip(const char *path, unsigned char **out, size_t *len, size
 
 // Streaming: whether a file is gzip (1), plain (0), or unreadable (-1, message in err).
 int cpa_file_is_gzip(const char *path, char *err, size_t errlen) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    snprintf(err, errlen, "%s", strerror(errno));
-    return -1;
-  }
   struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    snprintf(err, errlen, "%s", S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
-    close(fd);
-    return -1;
-  }
-  unsigned char magic[2] = {0, 0};
-  ssize_t m = pread(fd, magic, 2, 0);
+  int fd = open_regular(path, &st, err, errlen);
+  if (fd < 0) return -1;
+  int gz = has_gzip_magic(fd);
   close(fd);
-  return m == 2 && magic[0] == 0x1f && magic[1] == 0x8b;
+  return gz;
 }
 
 void *cpa_gz_open(const char *path, char *err, size_t errlen) {
