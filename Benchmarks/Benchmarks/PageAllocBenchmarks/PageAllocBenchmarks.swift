@@ -233,24 +233,13 @@ let vmallocSizes = [1, 2, 3, 8, 13, 64, 100, 255, 512, 1000, 1061, 2048, 4100]
 
 /// One vmalloc-like array per size, back to back; returns the page count.
 func fillVmallocLike(_ a: PageAllocator, _ out: UnsafeMutableBufferPointer<PFN>) -> Int {
-  var k = 0
+  // The arrays vmalloc builds (vm_area_alloc_pages), back to back.
+  var array: [PFN] = []
+  array.reserveCapacity(out.count)
   for size in vmallocSizes {
-    var left = size
-    var maxOrder = min(10, Int.bitWidth - 1 - size.leadingZeroBitCount)
-    while left > 0 {
-      let o = min(maxOrder, Int.bitWidth - 1 - left.leadingZeroBitCount)
-      guard let p = a.allocPages(order: o, gfp: [.kernel, .noWarn]) else {
-        precondition(o > 0, "out of memory")
-        maxOrder = o - 1
-        continue
-      }
-      a.splitPage(p, order: o)
-      for j in 0..<(1 << o) { out[k + j] = p + j }
-      k += 1 << o
-      left -= 1 << o
-    }
+    precondition(a.allocVmallocPages(size, gfp: .kernel, into: &array) == size, "out of memory")
   }
-  return k
+  return out.initialize(from: array).index
 }
 
 @inline(never)

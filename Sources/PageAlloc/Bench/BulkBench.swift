@@ -50,25 +50,15 @@ enum BulkBench {
     return t
   }
 
-  /// Fills `pages` with one vmalloc-like array per size, back to back.
+  /// Fills `pages` with one vmalloc-like array per size, back to back, built the way
+  /// vmalloc builds them (``PageAllocator/allocVmallocPages(_:gfp:into:)``).
   static func fill(_ a: PageAllocator, _ pages: UnsafeMutableBufferPointer<PFN>) throws {
-    var k = 0
-    for size in sizes {
-      var left = size
-      var maxOrder = min(PageGeometry.maxOrder, Int.bitWidth - 1 - size.leadingZeroBitCount)
-      while left > 0 {
-        let order = min(maxOrder, Int.bitWidth - 1 - left.leadingZeroBitCount)
-        guard let p = a.allocPages(order: order, gfp: [.kernel, .noWarn]) else {
-          if order == 0 { throw benchAllocFailed(name, 0) }
-          maxOrder = order - 1
-          continue
-        }
-        a.splitPage(p, order: order)
-        for j in 0..<(1 << order) { pages[k + j] = p + j }
-        k += 1 << order
-        left -= 1 << order
-      }
+    var array: [PFN] = []
+    array.reserveCapacity(pages.count)
+    for size in sizes where a.allocVmallocPages(size, gfp: .kernel, into: &array) != size {
+      throw benchAllocFailed(name, 0)
     }
+    _ = pages.initialize(from: array)
   }
 
   @inline(never)
