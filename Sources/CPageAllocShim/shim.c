@@ -19,5 +19,6 @@ int cpa_online_cpus(void) { return get_nprocs(); }
 
 _Thread_local int cpa_cpu_override = -1;
 void cpa_set_thread_cpu_override(int cpu) { cpa_cpu_override = cpu; }
+int cpa_thread_cpu_override(void) { return cpa_cpu_override; }
 
 int cpa_errno(void) { return errno; }

@@ -1,3 +1,4 @@
+internal import _PageAllocUtilities
 import Synchronization
 
 /// A bad page or bad free, reported like the kernel's `bad_page()`.
@@ -228,12 +229,4 @@ extension PageAllocator {
       return r
     }
   }
-}
-
-import Glibc
-
-func printError(_ s: String) {
-  var line = s
-  line += "\n"
-  _ = line.withCString { write(2, $0, strlen($0)) }
 }

@@ -59,4 +59,9 @@ public enum PageGeometry {
   public static let pageSize = 4096
   /// `PAGE_SHIFT`.
   public static let pageShift = 12
+
+  /// `PageGeometry.floorLog2(n)`: floor(log2(n)) for n > 0, the order of the largest power of two that
+  /// fits in `n` pages.
+  @inlinable @inline(__always)
+  public static func floorLog2(_ n: Int) -> Int { (Int.bitWidth &- 1) &- n.leadingZeroBitCount }
 }

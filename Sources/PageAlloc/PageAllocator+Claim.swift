@@ -1,9 +1,8 @@
-// Claiming exact pages: what trace replay needs to reproduce "the kernel handed out these
-// pages" without going through the allocation policy.
+// Claiming exact pages: taking given free pages out of the allocator without going through
+// the allocation policy, to reproduce "the kernel handed out these pages" from a trace.
 
 /// The outcome of ``PageAllocator/claimFreeRange(_:count:)``.
-@usableFromInline
-enum ClaimResult: Equatable {
+package enum ClaimResult: Equatable {
   case claimed
   /// Some page is not free (in use, quarantined, reserved, or in a hole).
   case busy
@@ -33,8 +32,7 @@ extension PageAllocator {
   /// order, since the block's CPU is not known), then the zone lock.
   /// - Complexity: O(count + MAX_PAGE_ORDER) for buddy blocks; a block on a pcp list also
   ///   costs a walk to the nearer end of its list, and cpuCount pcp locks.
-  @usableFromInline
-  func claimFreeRange(_ pfn: Int, count: Int, account: Bool = true) -> ClaimResult {
+  package func claimFreeRange(_ pfn: Int, count: Int, account: Bool = true) -> ClaimResult {
     precondition(count > 0)
     let end = pfn &+ count
     guard let zi = zoneIndex(pfn), end <= zones[zi].end else { return .outOfRange }

@@ -714,9 +714,7 @@ extension PageAllocator {
     var left = n
     while left > 0 {
       let order = chunkOrder(p, left)
-      #if DEBUG
-        debugChunkObserver?(p, order)
-      #endif
+      traceChunk(p, order)
       freePrepared(p, order, zi)
       p &+= 1 &<< order
       left &-= 1 &<< order

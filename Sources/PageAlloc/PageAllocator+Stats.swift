@@ -165,14 +165,7 @@ extension PageAllocator {
           if mt == MigrateType.isolate.rawValue { isolated += c << o }
         }
       }
-      var pbTypes = [Int](repeating: 0, count: MigrateType.count)
-      var pb = z.pointee.start & ~(PageGeometry.pageblockPages - 1)
-      while pb < z.pointee.end {
-        if memMap.record(max(pb, z.pointee.start)) != nil {
-          pbTypes[memMap.freeListType(pb).rawValue] += 1
-        }
-        pb += PageGeometry.pageblockPages
-      }
+      let pbTypes = pageblockCounts(z)
       let s = ZoneStatistics(
         kind: z.pointee.kind, pfns: PFN(z.pointee.start)..<PFN(z.pointee.end), spanned: z.pointee.spanned,
         present: z.pointee.present, managed: z.pointee.managed,
@@ -188,5 +181,18 @@ extension PageAllocator {
       out.append(s)
     }
     return out
+  }
+
+  /// Pageblocks of each migratetype, as `pagetypeinfo_showblockcount_print()` counts them:
+  /// stepping by a pageblock from the zone's first pfn, present pageblocks only, an
+  /// isolated pageblock counted as Isolate.
+  func pageblockCounts(_ z: UnsafeMutablePointer<Zone>) -> [Int] {
+    var count = [Int](repeating: 0, count: MigrateType.count)
+    var pfn = z.pointee.start
+    while pfn < z.pointee.end {
+      if memMap.record(pfn) != nil { count[memMap.freeListType(pfn).rawValue] += 1 }
+      pfn += PageGeometry.pageblockPages
+    }
+    return count
   }
 }

@@ -1,6 +1,9 @@
 /// A broken allocator invariant, found by ``PageAllocator/verify()``.
 public struct VerificationError: Error, CustomStringConvertible, Sendable {
   public var message: String
+  /// A broken invariant described by `message`; other structures built on the allocator
+  /// (VMalloc's areas) report theirs with the same error.
+  public init(message: String) { self.message = message }
   public var description: String { "verify: " + message }
 }
 

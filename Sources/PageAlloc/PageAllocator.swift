@@ -1,3 +1,4 @@
+internal import _PageAllocUtilities
 import CPageAllocShim
 import Glibc
 import Synchronization
@@ -39,18 +40,12 @@ public final class PageAllocator: @unchecked Sendable {
   @usableFromInline let quarantined: Atomic<Int>
   @usableFromInline let hwpoisoned: Atomic<Int>
   let reports: LockedState<ReportLog>
-  let traceSinkBox: LockedState<TraceSink?>
+  let traceSinkBox: LockedState<TraceTargets>
   /// Fault injection (fail_page_alloc); nil check is one load.
   let faultState: LockedState<FaultInjection?>
   @usableFromInline let faultsEnabled: Atomic<Bool>
 
   @usableFromInline static let pcpStride = 192
-
-  #if DEBUG
-    /// Debug builds only: called with (pfn, order) for every chunk the chunked free hands
-    /// to `__free_frozen_pages`, so tests see the decomposition whatever the pcp does next.
-    @usableFromInline nonisolated(unsafe) var debugChunkObserver: ((Int, Int) -> Void)?
-  #endif
 
   /// Creates an allocator with all zone memory free.
   ///
@@ -111,7 +106,7 @@ public final class PageAllocator: @unchecked Sendable {
     quarantined = Atomic(0)
     hwpoisoned = Atomic(0)
     reports = LockedState(ReportLog())
-    traceSinkBox = LockedState(nil)
+    traceSinkBox = LockedState(TraceTargets())
     faultState = LockedState(nil)
     faultsEnabled = Atomic(false)
 
@@ -340,6 +335,21 @@ public final class PageAllocator: @unchecked Sendable {
   /// benchmarks use it for deterministic runs; it does not change the thread's affinity.
   public static func setThreadCPU(_ cpu: Int?) {
     cpa_set_thread_cpu_override(Int32(cpu ?? -1))
+  }
+
+  /// The number of CPUs online (`get_nprocs()`): a natural ``Configuration/cpuCount``.
+  public static var onlineCPUCount: Int { Int(cpa_online_cpus()) }
+
+  /// Runs `body` with the calling thread pinned to logical CPU `cpu`'s pcp set (see
+  /// ``setThreadCPU(_:)``), and restores the thread's previous choice afterwards, also when
+  /// `body` throws.
+  public static func withThreadCPU<R: ~Copyable, E: Error>(
+    _ cpu: Int, _ body: () throws(E) -> R
+  ) throws(E) -> R {
+    let previous = cpa_thread_cpu_override()
+    cpa_set_thread_cpu_override(Int32(cpu))
+    defer { cpa_set_thread_cpu_override(previous) }
+    return try body()
   }
 
   /// The logical CPU (pcp set) the calling thread uses now.

@@ -1,3 +1,4 @@
+internal import _PageAllocUtilities
 import CPageAllocShim
 import Synchronization
 
@@ -69,19 +70,10 @@ public struct TraceEvent: Sendable, Hashable {
     let comm = String(repeating: " ", count: max(0, 16 - task.count)) + task
     let pidText = String(pid)
     let pidField = pidText + String(repeating: " ", count: max(0, 7 - pidText.count))
-    var ts = String(format6: timestamp)
+    var ts = fixed(timestamp, 6)
     let secs = ts.prefix { $0 != "." }.count
     if secs < 5 { ts = String(repeating: " ", count: 5 - secs) + ts }
     return "\(comm)-\(pidField) \(cpuField) ..... \(ts): \(formatted)"
-  }
-}
-
-extension String {
-  /// `%.6f` without Foundation.
-  init(format6 v: Double) {
-    let us = Int((v * 1_000_000).rounded())
-    let frac = String(us % 1_000_000)
-    self = "\(us / 1_000_000)." + String(repeating: "0", count: 6 - frac.count) + frac
   }
 }
 
@@ -105,15 +97,41 @@ extension PageAllocator {
   /// Installs (or with nil removes) the trace sink. With no sink the cost of each trace
   /// point is one predictable branch on an atomic flag.
   public func setTraceSink(_ sink: TraceSink?) {
-    traceSinkBox.withLock { $0 = sink }
-    tracing.store(sink != nil, ordering: .releasing)
+    let observing = traceSinkBox.withLock { box in
+      box.sink = sink
+      return box.chunkObserver != nil
+    }
+    tracing.store(sink != nil || observing, ordering: .releasing)
+  }
+
+  /// Installs (or with nil removes) an observer called with (pfn, order) for every chunk
+  /// the series' chunked free hands to `__free_frozen_pages()`, whatever the pcp does with
+  /// it next: how tests see the decomposition itself. It shares the trace points' flag, so
+  /// it costs nothing when unset.
+  package func setChunkObserver(_ observer: (@Sendable (PFN, Int) -> Void)?) {
+    let hasSink = traceSinkBox.withLock { box in
+      box.chunkObserver = observer
+      return box.sink != nil
+    }
+    tracing.store(hasSink || observer != nil, ordering: .releasing)
+  }
+
+  @usableFromInline @inline(never)
+  func emitChunk(_ pfn: Int, _ order: Int) {
+    let observer = traceSinkBox.withLock { $0.chunkObserver }
+    observer?(PFN(pfn), order)
+  }
+
+  @inlinable @inline(__always)
+  func traceChunk(_ pfn: Int, _ order: Int) {
+    if _slowPath(tracing.load(ordering: .relaxed)) { emitChunk(pfn, order) }
   }
 
   @usableFromInline @inline(never)
   func emit(_ e: TraceEvent) {
     var e = e
     if e.cpu < 0 { e.cpu = Int(cpa_current_cpu()) % cpuCount }
-    let sink = traceSinkBox.withLock { $0 }
+    let sink = traceSinkBox.withLock { $0.sink }
     sink?.record(e)
   }
 
@@ -149,4 +167,10 @@ extension PageAllocator {
       emit(TraceEvent(kind: .pagePcpuDrain, pfn: PFN(pfn), order: order, migrateType: mt, cpu: -1))
     }
   }
+}
+
+/// What the trace points report to: the installed sink and the chunk observer.
+struct TraceTargets {
+  var sink: TraceSink?
+  var chunkObserver: (@Sendable (PFN, Int) -> Void)?
 }

@@ -1,6 +1,12 @@
 import ArgumentParser
 import Glibc
 import PageAlloc
+import PageAllocBench
+import PageAllocStress
+import PageAllocTrace
+import PageAllocVMalloc
+import PageAllocViews
+import _PageAllocUtilities
 
 /// `pagealloc bench [suite]`: the series' measurements side by side.
 struct Bench: ParsableCommand {
@@ -8,7 +14,7 @@ struct Bench: ParsableCommand {
     abstract: "Measure the chunked free (free_contig_range) against the per-page free and the floor.",
     discussion: """
       Suites (no name runs them all, in this order):
-      \(BenchRegistry.suites.map { "  \($0.name.padding(14))\($0.summary)\n  \("".padding(14))default \($0.defaultIterations) \($0.iterationUnit), --quick \($0.quickIterations)" }.joined(separator: "\n"))
+      \(BenchRegistry.suites.map { "  \(padRight($0.name, 13) + " ")\($0.summary)\n  \(padRight("", 14))default \($0.defaultIterations) \($0.iterationUnit), --quick \($0.quickIterations)" }.joined(separator: "\n"))
 
       Every suite checks its own result before a figure counts (all pages free again,
       verify() clean, no bad-page report); a wrong result is an error, not a figure.
@@ -56,7 +62,7 @@ struct Bench: ParsableCommand {
 
   func run() throws {
     if list {
-      for s in BenchRegistry.suites { print("\(s.name.padding(14))\(s.summary)") }
+      for s in BenchRegistry.suites { print("\(padRight(s.name, 13) + " ")\(s.summary)") }
       return
     }
     var selected = suite.map { [BenchRegistry.suite(named: $0)!] } ?? BenchRegistry.suites
@@ -123,7 +129,7 @@ struct Bench: ParsableCommand {
     var lines: [String] = []
     func check(_ name: String, _ value: Double?, _ ok: (Double) -> Bool, _ goal: String, _ unit: String) {
       guard let value else { return }
-      lines.append("  \(name.padding(34))\(fixed(value, 2))\(unit)  (\(goal)): \(ok(value) ? "met" : "MISSED")")
+      lines.append("  \(padRight(name, 33) + " ")\(fixed(value, 2))\(unit)  (\(goal)): \(ok(value) ? "met" : "MISSED")")
     }
     check("high-order contig speedup", ratios["high-order.speedup"], { $0 >= 5.6 }, "goal >= 5.6x, aim 10x", "x")
     check("contig / floor (free phase)", ratios["high-order.contig_over_floor"], { $0 <= 1.3 }, "goal <= 1.3", "")
@@ -139,24 +145,16 @@ struct Bench: ParsableCommand {
 /// An output file opened (truncated) before the run, written after it.
 final class OutputFile {
   let path: String
-  let file: UnsafeMutablePointer<FILE>
 
+  /// Creates (truncates) the file now, so a path that cannot be written fails before the
+  /// run rather than after it.
   init(_ path: String) throws {
-    guard let f = fopen(path, "w") else {
-      printError("pagealloc bench: \(path): cannot open for writing: \(String(cString: strerror(errno)))")
-      throw ExitCode(1)
-    }
     self.path = path
-    file = f
+    try writeText("", to: path)
   }
 
-  deinit { fclose(file) }
-
   func write(_ text: String) throws {
-    if fputs(text, file) < 0 || fflush(file) != 0 {
-      printError("pagealloc bench: \(path): write failed: \(String(cString: strerror(errno)))")
-      throw ExitCode(1)
-    }
+    try writeText(text, to: path)
     print("wrote \(path)")
   }
 }
@@ -172,17 +170,5 @@ enum Progress {
     if on { writeOut("\r\u{1B}[K") }
   }
 
-  static func writeOut(_ s: String) {
-    var s = s
-    s.withUTF8 { _ = Glibc.write(1, $0.baseAddress, $0.count) }
-  }
-}
-
-func printError(_ s: String) {
-  var line = s + "\n"
-  line.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
-}
-
-extension String {
-  func padding(_ n: Int) -> String { count >= n ? self + " " : self + String(repeating: " ", count: n - count) }
+  static func writeOut(_ s: String) { writeStandardOutput(s) }
 }

@@ -1,6 +1,12 @@
 import ArgumentParser
 import Glibc
 import PageAlloc
+import PageAllocBench
+import PageAllocStress
+import PageAllocTrace
+import PageAllocVMalloc
+import PageAllocViews
+import _PageAllocUtilities
 
 /// `pagealloc replay FILE`: replays a kernel kmem trace (see docs/observability.md).
 struct Replay: ParsableCommand {
@@ -40,16 +46,13 @@ struct Replay: ParsableCommand {
   }
 }
 
-/// Writes a text file; a failure is one clear line and exit status 1.
-func writeText(_ text: String, to path: String) throws {
-  guard let f = fopen(path, "w") else {
-    printError("\(path): cannot write: \(String(cString: strerror(errno)))")
-    throw ExitCode(1)
-  }
-  defer { fclose(f) }
-  if fputs(text, f) < 0 {
-    printError("\(path): write failed: \(String(cString: strerror(errno)))")
+/// Writes a text file (standard output for `-`); a failure is one clear line and exit
+/// status 1.
+func writeText(_ text: String, to path: String) throws(ExitCode) {
+  do {
+    try writeTextFile(text, to: path)
+  } catch {
+    printError("\(error)")
     throw ExitCode(1)
   }
 }
-

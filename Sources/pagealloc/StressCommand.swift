@@ -1,5 +1,11 @@
 import ArgumentParser
 import PageAlloc
+import PageAllocBench
+import PageAllocStress
+import PageAllocTrace
+import PageAllocVMalloc
+import PageAllocViews
+import _PageAllocUtilities
 
 /// `pagealloc stress`: the multi-threaded randomized workload (see StressEngine).
 struct Stress: ParsableCommand {

@@ -1,5 +1,6 @@
 @testable import PageAlloc
 import Testing
+import PageAllocTestSupport
 
 @Suite struct AllocatorTests {
   @Test func configurationErrors() {

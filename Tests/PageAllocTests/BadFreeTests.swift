@@ -1,5 +1,6 @@
 @testable import PageAlloc
 import Testing
+import PageAllocTestSupport
 
 /// Bad frees: each reported, counted, contained (quarantined where a page is at fault), and
 /// the allocator still verifies.

@@ -1,6 +1,7 @@
 @testable import PageAlloc
 import Glibc
 import Testing
+import PageAllocTestSupport
 
 /// Two or more threads allocating and freeing at once; run also under ThreadSanitizer
 /// (`swift test --sanitize=thread --filter ConcurrencyTests`).

@@ -1,5 +1,6 @@
 @testable import PageAlloc
 import Testing
+import PageAllocTestSupport
 
 @Suite struct ContigRangeTests {
   func make(pages: Int = 1 << 16, cpus: Int = 2) throws -> PageAllocator {
@@ -165,11 +166,7 @@ import Testing
     try a.verify()
   }
 
-  @Test func cmaBenchRuns() throws {
-    let r = try CMABench.run(iterations: 2)
-    #expect(r.count == 4)
-    #expect(r.allSatisfy { $0.pagesPerIteration == 16384 && $0.iterations == 2 })
-  }
+
 }
 
 extension ContigRangeTests {

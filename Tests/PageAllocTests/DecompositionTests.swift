@@ -1,5 +1,6 @@
 @testable import PageAlloc
 import Testing
+import PageAllocTestSupport
 
 /// kernel-model.md section 2: the chunked free's decomposition, exactly.
 @Suite(.serialized) struct DecompositionTests {

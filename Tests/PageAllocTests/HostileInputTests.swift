@@ -1,5 +1,6 @@
 @testable import PageAlloc
 import Testing
+import PageAllocTestSupport
 
 /// Regressions found by the API-sequence fuzzer (Fuzz/APISequenceFuzz.swift).
 @Suite struct HostileInputTests {

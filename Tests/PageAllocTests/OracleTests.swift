@@ -1,5 +1,6 @@
 @testable import PageAlloc
 import Testing
+import PageAllocTestSupport
 
 /// The differential oracle: the chunked free against the per-page free it replaced.
 @Suite struct OracleTests {

@@ -1,5 +1,6 @@
 import PageAlloc
 import Testing
+import PageAllocTestSupport
 
 /// The order-0 free fast path (freePages / putPage -> freeOrder0Checked) and the split
 /// pcp refill keep the checks and accounting of the general path.

@@ -1,6 +1,7 @@
 @testable import PageAlloc
 import PropertyBased
 import Testing
+import PageAllocTestSupport
 
 /// Random sequences of every API call, `verify()` after each step, and free + allocated +
 /// quarantined = managed at the end.

@@ -1,5 +1,6 @@
 import PageAlloc
 import Testing
+import PageAllocTestSupport
 
 /// The README's usage example, verbatim, so it keeps compiling and working.
 @Suite struct ReadmeExampleTests {

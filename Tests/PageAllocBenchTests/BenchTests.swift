@@ -1,0 +1,164 @@
+import Foundation
+@_spi(Benchmark) @testable import PageAlloc
+import Testing
+import PageAllocTestSupport
+@testable import PageAllocBench
+
+/// The bench kernels with tiny iteration counts: the figures are not timed or compared,
+/// only checked for sanity; every suite verifies the allocator itself before returning.
+@Suite struct BenchTests {
+  static let tiny = BenchOptions(iterations: 3, order: 9, allOrders: false, threads: 2, quick: true)
+
+  @Test("every registered suite runs, verifies and returns sane results", arguments: BenchRegistry.suites.map(\.name))
+  func suiteRuns(_ name: String) throws {
+    let suite = try #require(BenchRegistry.suite(named: name))
+    let results = try suite.run(Self.tiny)
+    #expect(!results.isEmpty)
+    for r in results {
+      #expect(r.suite == name)
+      #expect(!r.variant.isEmpty)
+      #expect(r.iterations >= 1)
+      #expect(r.pagesPerIteration >= 1)
+      #expect(r.totalNanoseconds > 0)
+      #expect(r.nsPerPage.isFinite && r.nsPerPage > 0)
+      for (_, v) in r.extra { #expect(v.isFinite) }
+    }
+    // Each suite reports its named ratios from its own results.
+    #expect(!suite.ratios(results).isEmpty)
+  }
+
+  @Test func suiteVariants() throws {
+    let variants = { (name: String) throws -> Set<String> in
+      Set(try BenchRegistry.suite(named: name)!.run(Self.tiny).map(\.variant))
+    }
+    #expect(try variants("high-order") == ["per-page", "contig"])
+    #expect(try variants("floor") == ["floor", "contig", "per-page"])
+    #expect(try variants("frozen-range") == ["per-page", "contig"])
+    #expect(try variants("order0") == ["pcp", "pcp-threads-2", "bypass", "bypass-threads-2"])
+    #expect(try variants("bulk") == ["per-page", "bulk"])
+  }
+
+  @Test("high-order runs every order 0...10", arguments: [0, 1, 3, 4, 10])
+  func highOrderAnyOrder(_ order: Int) throws {
+    var o = Self.tiny
+    o.order = order
+    let rs = try BenchSuite.highOrder.run(o)
+    #expect(rs.count == 2)
+    #expect(rs.allSatisfy { $0.order == order && $0.pagesPerIteration == 1 << order })
+    let fl = try BenchSuite.floor.run(o)
+    #expect(fl.count == 3)
+  }
+
+  @Test func allOrdersSweep() throws {
+    var o = Self.tiny
+    o.iterations = 1
+    o.allOrders = true
+    let rs = try BenchSuite.highOrder.run(o)
+    #expect(Set(rs.compactMap(\.order)) == Set(0...10))
+    let svg = try #require(BenchReport(machine: .current(), results: rs).svg())
+    #expect(svg.hasPrefix("<svg"))
+    #expect(svg.contains("<polyline"))
+    #expect(svg.hasSuffix("</svg>\n"))
+  }
+
+  @Test func jsonSchema() throws {
+    var results: [BenchResult] = []
+    for s in BenchRegistry.suites { results += try s.run(Self.tiny) }
+    let report = BenchReport(machine: .current(), results: results)
+    let data = Data(report.json().utf8)
+    let root = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+    #expect(Set(root.keys) == ["machine", "results", "ratios"])
+    let machine = try #require(root["machine"] as? [String: Any])
+    for k in ["cpu", "cores", "swift", "os", "build"] { #expect(machine[k] != nil, "machine.\(k)") }
+    let rs = try #require(root["results"] as? [[String: Any]])
+    #expect(rs.count == results.count)
+    for r in rs {
+      for k in [
+        "suite", "variant", "order", "iterations", "pages_per_iteration", "total_us", "ns_per_iteration",
+        "ns_per_page", "extra",
+      ] {
+        #expect(r[k] != nil, "results[].\(k)")
+      }
+    }
+    let hi = try #require(rs.first { $0["suite"] as? String == "high-order" && $0["variant"] as? String == "contig" })
+    #expect(hi["order"] as? Int == 9)
+    #expect(hi["pages_per_iteration"] as? Int == 512)
+    let ratios = try #require(root["ratios"] as? [String: Any])
+    for k in ["high-order.speedup", "high-order.contig_over_floor", "frozen-range.speedup"] {
+      #expect(ratios[k] is Double || ratios[k] is Int, "ratios.\(k)")
+    }
+    // The table names every suite.
+    let table = report.table()
+    for s in BenchRegistry.suites { #expect(table.contains(s.name)) }
+  }
+
+  /// A wrong path must throw, not report: a leaked page, a bad-page report and a broken
+  /// free list each make the check fail.
+  @Test func checkRestoredCatchesWrongPaths() throws {
+    let a = try PageAllocator(configuration: .normal(pages: 1 << 15, backing: .none))
+    let start = a.freePageCount
+    try benchCheckRestored(a, startFree: start, suite: "t", variant: "v")
+    let p = try #require(a.allocPages(order: 3, gfp: .kernel))
+    #expect(throws: BenchError.self) { try benchCheckRestored(a, startFree: start, suite: "t", variant: "v") }
+    a.freePages(p, order: 3)
+    try benchCheckRestored(a, startFree: start, suite: "t", variant: "v")
+    a.freePages(p, order: 3)  // double free: reported
+    #expect(throws: BenchError.self) { try benchCheckRestored(a, startFree: start, suite: "t", variant: "v") }
+  }
+
+  @Test func floorDropLeavesFrozenPages() throws {
+    let a = try PageAllocator(configuration: .normal(pages: 1 << 15, backing: .none))
+    let start = a.freePageCount
+    let p = try #require(a.allocPages(order: 9, gfp: .kernel))
+    a.splitPage(p, order: 9)
+    #expect(a.freeFloorDrop(p, count: 512) == 512)
+    #expect(a.refcount(of: p) == 0 && a.refcount(of: p + 511) == 0)
+    #expect(a.freePageCount == start - 512)
+    a.freeContigFrozenRange(p, count: 512)
+    #expect(a.freePageCount == start)
+    #expect(a.badPageCount == 0)
+    try a.verify()
+  }
+
+  @Test func bypassPathsKeepTheAllocatorConsistent() throws {
+    let a = try PageAllocator(configuration: .normal(pages: 1 << 15, backing: .none))
+    let start = a.freePageCount
+    var pages: [PFN] = []
+    for _ in 0..<100 { pages.append(try #require(a.allocPagesBypassingPcp(order: 0, gfp: .kernel))) }
+    #expect(a.pcpPageCount == 0)
+    #expect(Set(pages).count == 100)
+    #expect(a.refcount(of: pages[0]) == 1)
+    for p in pages { a.freePagesBypassingPcp(p, order: 0) }
+    #expect(a.pcpPageCount == 0)
+    #expect(a.freePageCount == start)
+    // A still-referenced page is not freed; the last put frees it.
+    let q = try #require(a.allocPagesBypassingPcp(order: 0, gfp: .kernel))
+    a.getPage(q)
+    a.freePagesBypassingPcp(q, order: 0)
+    #expect(a.refcount(of: q) == 1)
+    a.putPage(q)
+    a.drainAllPages()
+    #expect(a.freePageCount == start)
+    #expect(a.badPageCount == 0)
+    try a.verify()
+  }
+
+  @Test func splitFrozenBlock() throws {
+    let a = try PageAllocator(configuration: .normal(pages: 1 << 15, backing: .none))
+    let start = a.freePageCount
+    let p = try #require(a.allocFrozenPages(order: 4, gfp: .kernel))
+    #expect(!a.splitFrozenBlock(p, order: 3))
+    #expect(a.splitFrozenBlock(p, order: 4))
+    for i in 0..<16 { a.freeFrozenPages(p + i, order: 0) }
+    #expect(a.freePageCount == start)
+    #expect(a.badPageCount == 0)
+    try a.verify()
+  }
+
+  @Test func registryNamesAreUnique() {
+    let names = BenchRegistry.suites.map(\.name)
+    #expect(Set(names).count == names.count)
+    #expect(names == ["high-order", "floor", "frozen-range", "order0", "bulk", "cma", "trace-overhead", "vmalloc"])
+    #expect(BenchRegistry.suite(named: "nope") == nil)
+  }
+}

@@ -1,0 +1,156 @@
+@testable import PageAlloc
+import Synchronization
+import Testing
+import PageAllocTestSupport
+import _PageAllocUtilities
+@testable import PageAllocVMalloc
+@testable import PageAllocStress
+
+@Suite struct StressTests {
+  @Test func sameSeedSameSingleThreadRun() throws {
+    let c = StressConfiguration(threads: 1, operations: 30_000, seed: 42, faultPercent: 2, verifyEvery: 10_000)
+    let r1 = try StressEngine.run(c)
+    let r2 = try StressEngine.run(c)
+    #expect(r1.passed, "\(r1)")
+    #expect(r1.deterministicFields == r2.deterministicFields)
+    #expect(r1.operations == 30_000)
+    #expect(r1.failuresInjected > 0)
+    var c3 = c
+    c3.seed = 43
+    let r3 = try StressEngine.run(c3)
+    #expect(r3.passed)
+    #expect(r3.stateChecksum != r1.stateChecksum)
+  }
+
+  @Test func wellBehavedRunReportsNothingAndLeaksNothing() throws {
+    let r = try StressEngine.run(StressConfiguration(threads: 1, operations: 40_000, seed: 7, verifyEvery: 5_000))
+    #expect(r.passed, "\(r)")
+    #expect(r.badPages == 0)
+    #expect(r.pagesLeaked == 0)
+    #expect(r.quarantinedPages == 0)
+    #expect(r.verifications == 9)
+    // Every API family ran.
+    for k in ["alloc", "alloc-frozen", "alloc-bulk", "split", "get-put", "free-contig", "free-contig-frozen",
+      "free-pages-bulk", "contig-pages", "put-page", "free-pages"]
+    {
+      #expect((r.operationsByKind[k] ?? 0) > 0, "no \(k)")
+    }
+  }
+
+  @Test func badFreeModeReportsEveryOneAndLosesNothing() throws {
+    let r = try StressEngine.run(
+      StressConfiguration(threads: 1, operations: 30_000, seed: 5, badFreeRate: 0.05, verifyEvery: 5_000))
+    #expect(r.verifyError == nil)
+    #expect(r.badFreesInjected > 1000)
+    #expect(r.badFreesCaught == r.badFreesInjected)
+    #expect(r.badFreeReports == r.badFreesInjected)
+    #expect(r.badPages == r.badFreesInjected)
+    #expect(r.unexpectedBadPages == 0)
+    #expect(r.pagesLeaked == 0)
+    for k in StressEngine.BadFree.allCases { #expect((r.badFreesByKind[k.rawValue] ?? 0) > 0, "no \(k)") }
+  }
+
+  @Test func twoThreadsBadFreeMode() throws {
+    let r = try StressEngine.run(
+      StressConfiguration(threads: 2, operations: 40_000, seed: 11, badFreeRate: 0.02, verifyEvery: 4_000))
+    #expect(r.passed, "\(r)")
+    #expect(r.badFreesInjected > 0)
+  }
+
+  final class CountingExtension: StressExtension, @unchecked Sendable {
+    let name = "count"
+    let weight = 10
+    let steps = Atomic<Int>(0)
+    let finishes = Atomic<Int>(0)
+    func step(_ allocator: PageAllocator, thread: Int, random: inout StressRandom) {
+      steps.wrappingAdd(1, ordering: .relaxed)
+      if let p = allocator.allocPages(order: random.below(3), gfp: [.kernel, .noWarn]) {
+        allocator.putPage(p)
+      }
+    }
+    func finish(_ allocator: PageAllocator, thread: Int) { finishes.wrappingAdd(1, ordering: .relaxed) }
+  }
+
+  @Test func extensionHookRuns() throws {
+    let e = CountingExtension()
+    let r = try StressEngine.run(StressConfiguration(threads: 2, operations: 10_000, seed: 1, extensions: [e]))
+    #expect(r.passed)
+    #expect(e.steps.load(ordering: .relaxed) > 0)
+    #expect(e.finishes.load(ordering: .relaxed) == 2)
+    #expect((r.operationsByKind["ext:count"] ?? 0) == e.steps.load(ordering: .relaxed))
+  }
+}
+
+/// Threads hammering one allocator directly (no gates), with verify() running alongside:
+/// every page accounted for at the end.
+@Suite struct StressConcurrencyTests {
+  @Test(arguments: [2, 3])
+  func mixedAllocFreeContigAccountsForEveryPage(threads: Int) throws {
+    let a = try PageAllocator(configuration: .normal(pages: 1 << 15, cpuCount: 2, backing: .none))
+    let verifyErrors = Mutex<[String]>([])
+    let contigs = Atomic<Int>(0)
+    try runOnThreads(threads + 1) { t in
+      if t == threads {
+        // The verifier: verify() takes every lock, so it must see a consistent state.
+        for _ in 0..<20 {
+          do { try a.verify() } catch { verifyErrors.withLock { $0.append("\(error)") } }
+        }
+        return
+      }
+      var rng = StressRandom(seed: UInt64(t + 1))
+      var blocks: [(PFN, Int)] = []
+      var runs: [(PFN, Int, Bool)] = []
+      for _ in 0..<6000 {
+        switch rng.below(12) {
+        case 0..<4:
+          let o = rng.below(6)
+          if let p = a.allocPages(order: o, gfp: [.kernel, .noWarn]) { blocks.append((p, o)) }
+        case 4..<7:
+          if let b = blocks.popLast() {
+            if b.1 > 0 && rng.chance(0.5) {
+              a.splitPage(b.0, order: b.1)
+              a.freeContigRange(b.0, count: 1 << b.1)
+            } else {
+              a.freePages(b.0, order: b.1)
+            }
+          }
+        case 7:
+          let n = 1 << (4 + rng.below(5))
+          let frozen = rng.chance(0.5)
+          let p = frozen ? a.allocContigFrozenPages(count: n, gfp: [.kernel, .noWarn])
+            : a.allocContigPages(count: n, gfp: [.kernel, .noWarn])
+          if let p {
+            runs.append((p, n, frozen))
+            contigs.wrappingAdd(1, ordering: .relaxed)
+          }
+        case 8:
+          if let r = runs.popLast() {
+            if r.2 { a.freeContigFrozenRange(r.0, count: r.1) } else { a.freeContigRange(r.0, count: r.1) }
+          }
+        case 9:
+          let start = PFN(rng.below(1 << 15))
+          let n = 1 + rng.below(600)
+          if start.value + n <= 1 << 15, (try? a.allocContigRange(start..<(start + n), gfp: .kernel)) != nil {
+            runs.append((start, n, false))
+          }
+        default:
+          var pages: [PFN] = []
+          a.allocPagesBulk(count: 1 + rng.below(32), gfp: .kernel, into: &pages)
+          a.freePagesBulk(pages)
+        }
+      }
+      for b in blocks { a.freePages(b.0, order: b.1) }
+      for r in runs {
+        if r.2 { a.freeContigFrozenRange(r.0, count: r.1) } else { a.freeContigRange(r.0, count: r.1) }
+      }
+    }
+    #expect(verifyErrors.withLock { $0 } == [])
+    #expect(contigs.load(ordering: .relaxed) > 0)
+    a.drainAllPages()
+    try a.verify()
+    #expect(a.badPageCount == 0)
+    #expect(a.freePageCount == a.managedPageCount)
+    #expect(a.zoneStatistics()[0].isolatedFreePages == 0)
+    #expect(a.zoneStatistics()[0].pageblocksByType[MigrateType.isolate.rawValue] == 0)
+  }
+}
