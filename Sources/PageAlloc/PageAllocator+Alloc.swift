@@ -1,6 +1,10 @@
 import Glibc
 import Synchronization
 
+// Allocation policy: `alloc_pages()`, `__alloc_frozen_pages()`, `alloc_pages_bulk()`,
+// `get_page_from_freelist()`'s zonelist walk with `zone_watermark_fast()`, `rmqueue()`,
+// `prep_new_page()` / `post_alloc_hook()`, and page poisoning's fill and check.
+
 extension PageAllocator {
   /// Allocates a block of `2^order` pages (`alloc_pages()`): the head's refcount is 1 and
   /// the tails' 0, or, with `.comp`, a compound page.
@@ -135,130 +139,6 @@ extension PageAllocator {
       if let p = rmqueuePcplist(z, zi, order, mt) { return p }
     }
     return rmqueueBuddy(z, order, mt)
-  }
-
-  /// `rmqueue_buddy()`.
-  @inlinable
-  func rmqueueBuddy(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ mt: Int) -> Int? {
-    z.pointee.lock.lock()
-    let p = rmqueue(z, order, mt)
-    if let p {
-      memMap.presentRecord(p).pointee.flags.store(PG.word(flags: 0, order: order), ordering: .relaxed)
-      z.pointee.pgalloc = z.pointee.pgalloc &+ (1 &<< order)
-    }
-    z.pointee.lock.unlock()
-    return p
-  }
-
-  /// `rmqueue_pcplist()`: pops the head of this CPU's list, refilling it from the buddy in
-  /// a batch when empty. Returns nil when the pcp lock is busy (the caller then takes the
-  /// zone lock path) or the zone has nothing.
-  @inlinable @inline(__always)
-  func rmqueuePcplist(_ z: UnsafeMutablePointer<Zone>, _ zi: Int, _ order: Int, _ mt: Int) -> Int? {
-    let pcp = localPcp(zi)
-    if _slowPath(!pcp.pointee.lock.tryLock()) { return nil }
-    pcp.pointee.freeCount = pcp.pointee.freeCount &>> 1
-    let l = pcp.pointee.lists + orderToPindex(mt, order)
-    if _slowPath(l.pointee.head == PageRecord.nilLink) {
-      if !pcpRefill(z, pcp, l, order, mt) {
-        pcp.pointee.lock.unlock()
-        return nil
-      }
-    }
-    let pfn = Int(l.pointee.head)
-    let r = memMap.presentRecord(pfn)
-    let next = r.pointee.next
-    l.pointee.head = next
-    if next != PageRecord.nilLink {
-      memMap.presentRecord(Int(next)).pointee.prev = PageRecord.nilLink
-    } else {
-      l.pointee.tail = PageRecord.nilLink
-    }
-    l.pointee.count = l.pointee.count &- 1
-    r.pointee.flags.store(PG.word(flags: 0, order: order), ordering: .relaxed)
-    pcp.pointee.count = pcp.pointee.count &- (1 &<< order)
-    pcp.pointee.pgalloc = pcp.pointee.pgalloc &+ (1 &<< order)
-    pcp.pointee.lock.unlock()
-    return pfn
-  }
-
-  /// The refill half of `rmqueue_pcplist()` (`rmqueue_bulk()`): moves a batch of blocks
-  /// from the buddy to the empty pcp list `l`, under the zone lock. Returns false when the
-  /// zone had none. Out of line: the common case pops a block without refilling.
-  @usableFromInline @inline(never)
-  func pcpRefill(
-    _ z: UnsafeMutablePointer<Zone>, _ pcp: UnsafeMutablePointer<PerCPUPages>, _ l: UnsafeMutablePointer<FreeList>,
-    _ order: Int, _ mt: Int
-  ) -> Bool {
-    let n = nrPcpAlloc(pcp, z, order)
-    z.pointee.lock.lock()
-    var got = 0
-    while got < n {
-      guard let b = rmqueue(z, order, mt) else { break }
-      pcpAddTail(l, b, order)
-      got &+= 1
-    }
-    z.pointee.lock.unlock()
-    pcp.pointee.count = pcp.pointee.count &+ (got &<< order)
-    pcp.pointee.refills = pcp.pointee.refills &+ 1
-    return got != 0
-  }
-
-  /// `nr_pcp_alloc()`: how many blocks a refill takes. Doubles (alloc_factor) while
-  /// allocations repeat without frees, bounded by the room left below `high`; high orders
-  /// take `batch >> order` blocks, at least 2.
-  @inlinable
-  func nrPcpAlloc(_ pcp: UnsafeMutablePointer<PerCPUPages>, _ z: UnsafeMutablePointer<Zone>, _ order: Int) -> Int {
-    let base = pcp.pointee.batch
-    let high = pcp.pointee.high
-    if high == 0 { return 1 }
-    var batch = base
-    if pcp.pointee.highMin != pcp.pointee.highMax && !zoneBelowHigh(z) {
-      let room = max(high &- pcp.pointee.count &- base, base)
-      batch = base &<< pcp.pointee.allocFactor
-      if batch <= room && pcp.pointee.allocFactor < pcpBatchScaleMax { pcp.pointee.allocFactor = pcp.pointee.allocFactor &+ 1 }
-      batch = min(batch, room)
-    }
-    if order > 0 { batch = max(batch &>> order, 2) }
-    return batch
-  }
-
-  /// ZONE_BELOW_HIGH, computed instead of kept as a flag.
-  @inlinable @inline(__always)
-  func zoneBelowHigh(_ z: UnsafeMutablePointer<Zone>) -> Bool {
-    z.pointee.nrFreePages.load(ordering: .relaxed) < z.pointee.wmarkHigh
-  }
-
-  /// Puts a block on a pcp list's tail (a refill: `rmqueue_bulk()` adds at the tail).
-  @inlinable @inline(__always)
-  func pcpAddTail(_ l: UnsafeMutablePointer<FreeList>, _ pfn: Int, _ order: Int) {
-    let r = memMap.presentRecord(pfn)
-    r.pointee.flags.store(PG.word(flags: PG.pcp, order: order), ordering: .relaxed)
-    linkTail(l, pfn, r)
-  }
-
-  /// Puts a block on a pcp list's head (a free: the hot end).
-  @inlinable @inline(__always)
-  func pcpAddHead(_ l: UnsafeMutablePointer<FreeList>, _ pfn: Int, _ order: Int) {
-    let r = memMap.presentRecord(pfn)
-    r.pointee.flags.store(PG.word(flags: PG.pcp, order: order), ordering: .relaxed)
-    linkHead(l, pfn, r)
-  }
-
-  /// Pops the oldest block (the tail) of a pcp list.
-  @inlinable @inline(__always)
-  func pcpPopTail(_ l: UnsafeMutablePointer<FreeList>) -> Int {
-    let pfn = Int(l.pointee.tail)
-    let r = memMap.presentRecord(pfn)
-    let prev = r.pointee.prev
-    l.pointee.tail = prev
-    if prev != PageRecord.nilLink {
-      memMap.presentRecord(Int(prev)).pointee.next = PageRecord.nilLink
-    } else {
-      l.pointee.head = PageRecord.nilLink
-    }
-    l.pointee.count = l.pointee.count &- 1
-    return pfn
   }
 
   /// `prep_new_page()` / `post_alloc_hook()`: refcount, compound state, zeroing, poison

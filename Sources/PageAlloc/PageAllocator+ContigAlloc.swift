@@ -1,3 +1,7 @@
+// Contiguous ranges: `alloc_contig_range()`, `alloc_contig_frozen_range()`,
+// `alloc_contig_pages()` and `alloc_contig_frozen_pages()`, with `test_pages_isolated()`
+// and `isolate_freepages_range()`. Isolation itself is in PageAllocator+Isolation.swift.
+
 /// Why ``PageAllocator/allocContigRange(_:gfp:)`` failed.
 public enum ContigRangeError: Error, Equatable, Sendable, CustomStringConvertible {
   /// The range is empty, leaves its zone, touches a memmap hole, or its pageblocks cross a

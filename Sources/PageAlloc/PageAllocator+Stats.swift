@@ -1,3 +1,7 @@
+// Counters and snapshots: the numbers /proc/zoneinfo, /proc/buddyinfo and
+// /proc/pagetypeinfo print (`zoneinfo_show_print()`, `frag_show_print()`,
+// `pagetypeinfo_showblockcount_print()`), and the free blocks themselves.
+
 /// A snapshot of one zone's counters.
 public struct ZoneStatistics: Sendable, Hashable {
   public var kind: ZoneKind

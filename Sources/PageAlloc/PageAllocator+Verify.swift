@@ -1,3 +1,7 @@
+// `verify()`: one walk over every free list, pcp list and page record that checks the
+// allocator's invariants together. The kernel has no such walk; it checks pieces of them
+// where it touches a page (`VM_BUG_ON_PAGE()`, `check_new_page()`, `free_page_is_bad()`).
+
 /// A broken allocator invariant, found by ``PageAllocator/verify()``.
 public struct VerificationError: Error, CustomStringConvertible, Sendable {
   public var message: String

@@ -1,0 +1,247 @@
+import Synchronization
+
+// Freeing one block and the checks before it: `__free_pages()`, `free_frozen_pages()`,
+// `free_pages_prepare()` with `free_page_is_bad()` and `bad_page()`'s reasons, and the
+// salvage of a block holding a bad page (the kernel leaks such a block).
+
+extension PageAllocator {
+  // MARK: - free_pages / free_frozen_pages
+
+  /// `__free_pages()`: drops the head's reference and frees the block when it was the
+  /// last. When the head is still referenced (a speculative `getPage`) and the block is not
+  /// compound, the tail halves are freed at once (orders `order-1` down to 0) and the head
+  /// is freed later, as an order-0 page, by the last ``putPage(_:)``: the case
+  /// lib/test_free_pages.c tests.
+  public func freePages(_ pfn: PFN, order: Int) {
+    let p = pfn.value
+    guard let r = memMap.record(p), let zi = zoneIndex(p) else {
+      reportBad(p, .outsideZones, "pfn outside every zone", "freePages", quarantine: false)
+      return
+    }
+    let w = r.pointee.flags.load(ordering: .relaxed)
+    if _slowPath(w & (PG.freeMask | PG.tail | PG.quarantined) != 0 || PG.order(w) != order) {
+      badFreeHead(p, w, order, "freePages")
+      return
+    }
+    let old = r.pointee.refcount.wrappingSubtract(1, ordering: .acquiringAndReleasing).oldValue
+    if _fastPath(old == 1) {
+      if _fastPath(order == 0) {
+        freeOrder0Checked(r, p, zi, "freePages")
+      } else {
+        freeBlockChecked(p, order, zi, "freePages")
+      }
+      return
+    }
+    if old <= 0 {
+      refcountUnderflow(p, r, "freePages")
+      return
+    }
+    if w & PG.head == 0 && order > 0 {
+      // The head stays (order 0 from now on); the tail halves go now.
+      r.pointee.flags.store(w & PG.flagMask, ordering: .relaxed)
+      var k = order &- 1
+      while k >= 0 {
+        freeBlockChecked(p &+ (1 &<< k), k, zi, "freePages")
+        k &-= 1
+      }
+    }
+  }
+
+  /// `free_frozen_pages()`: frees a block whose refcount the caller already owns at zero.
+  public func freeFrozenPages(_ pfn: PFN, order: Int) {
+    let p = pfn.value
+    guard let r = memMap.record(p), let zi = zoneIndex(p) else {
+      reportBad(p, .outsideZones, "pfn outside every zone", "freeFrozenPages", quarantine: false)
+      return
+    }
+    let w = r.pointee.flags.load(ordering: .relaxed)
+    if _slowPath(w & (PG.freeMask | PG.tail | PG.quarantined) != 0 || PG.order(w) != order) {
+      badFreeHead(p, w, order, "freeFrozenPages")
+      return
+    }
+    if let blk = freeBlockContaining(p) {
+      reportBad(p, .doubleFree, "page is inside a free block at \(PFN(blk.head))", "freeFrozenPages", quarantine: false)
+      return
+    }
+    if r.pointee.refcount.load(ordering: .relaxed) != 0 {
+      reportBad(p, .nonzeroRefcount, "nonzero _refcount", "freeFrozenPages", quarantine: true)
+      return
+    }
+    freeBlockChecked(p, order, zi, "freeFrozenPages")
+  }
+
+  /// Classifies a bad head passed to freePages / freeFrozenPages.
+  @usableFromInline @inline(never)
+  func badFreeHead(_ p: Int, _ w: UInt32, _ order: Int, _ op: String) {
+    if w & PG.freeMask != 0 {
+      reportBad(p, .doubleFree, "nonzero mapcount", op, quarantine: false)
+    } else if w & PG.quarantined != 0 {
+      reportBad(p, .quarantined, "page is quarantined", op, quarantine: false)
+    } else if w & PG.tail != 0 {
+      reportBad(p, .compound, "freeing a tail page", op, quarantine: false)
+    } else if let blk = freeBlockContaining(p) {
+      reportBad(p, .doubleFree, "page is inside a free block at \(PFN(blk.head))", op, quarantine: false)
+    } else {
+      reportBad(
+        p, .wrongOrder, "freed at order \(order), allocated at order \(PG.order(w))", op, quarantine: false)
+    }
+  }
+
+  /// Handles a reference dropped from a zero refcount: the count is restored and the free
+  /// reported; a page in use (not free) is quarantined.
+  @usableFromInline @inline(never)
+  func refcountUnderflow(_ pfn: Int, _ r: UnsafeMutablePointer<PageRecord>, _ op: String) {
+    r.pointee.refcount.wrappingAdd(1, ordering: .relaxed)
+    let w = r.pointee.flags.load(ordering: .relaxed)
+    if w & PG.freeMask != 0 {
+      reportBad(pfn, .doubleFree, "nonzero mapcount", op, quarantine: false)
+    } else if freeBlockContaining(pfn) != nil {
+      reportBad(pfn, .doubleFree, "page is inside a free block", op, quarantine: false)
+    } else if w & PG.quarantined != 0 {
+      reportBad(pfn, .quarantined, "page is quarantined", op, quarantine: false)
+    } else {
+      reportBad(pfn, .refcountUnderflow, "page_ref underflow: _refcount was 0", op, quarantine: true)
+    }
+  }
+
+  /// `free_pages_prepare()` + `__free_frozen_pages()` for a block whose head refcount is
+  /// zero: every page is checked (`free_page_is_bad()`, compound tails, hwpoison); a clean
+  /// block is freed whole. The kernel leaks a whole block when one page is bad; PageAlloc
+  /// quarantines the bad pages only and frees the rest as order-0 runs.
+  @discardableResult
+  @usableFromInline
+  func freeBlockChecked(_ pfn: Int, _ order: Int, _ zi: Int, _ op: String) -> Bool {
+    let r = memMap.presentRecord(pfn)
+    if _fastPath(order == 0) { return freeOrder0Checked(r, pfn, zi, op) }
+    let w = r.pointee.flags.load(ordering: .relaxed)
+    // order > 0: check every page.
+    let compound = w & PG.head != 0
+    let n = 1 &<< order
+    var bad = false
+    var i = 0
+    var t = r
+    while i < n {
+      let tw = t.pointee.flags.load(ordering: .relaxed)
+      let expected: UInt32 = i == 0 ? (w & ~PG.checkAtFree) : (compound ? PG.tail : 0)
+      let okFlags = i == 0 ? (tw & (PG.checkAtFree | PG.freeMask | PG.tail | PG.hwpoison | PG.quarantined) == 0) : tw == expected
+      if !okFlags || t.pointee.refcount.load(ordering: .relaxed) != 0 {
+        bad = true
+        break
+      }
+      i &+= 1
+      t += 1
+    }
+    if _fastPath(!bad) {
+      t = r
+      i = 0
+      while i < n {
+        t.pointee.flags.store(0, ordering: .relaxed)
+        i &+= 1
+        t += 1
+      }
+      if _slowPath(poisoning) { fillPoison(pfn, n) }
+      tracePageFree(pfn, order)
+      freePrepared(pfn, order, zi)
+      return true
+    }
+    // Salvage: quarantine each bad page, free the good ones as prepared order-0 runs.
+    var runStart = -1
+    for j in 0..<n {
+      let q = pfn + j
+      let qr = r + j
+      var qw = qr.pointee.flags.load(ordering: .relaxed)
+      if compound { qw &= ~(PG.head | PG.tail) }
+      if j == 0 { qw &= PG.flagMask }
+      var ok = true
+      if qr.pointee.refcount.load(ordering: .relaxed) != 0 {
+        reportBad(q, .nonzeroRefcount, "nonzero _refcount", op, quarantine: true)
+        ok = false
+      } else if qw != 0 {
+        qr.pointee.flags.store(qw, ordering: .relaxed)
+        ok = preparePageSlow(qr, q, qw, op)
+      } else if let blk = freeBlockContaining(q) {
+        // Freed already (a hostile frozen range over this block): a clean-looking page
+        // inside a free block must not be freed twice.
+        reportBad(q, .doubleFree, "page is inside a free block at \(PFN(blk.head))", op, quarantine: false)
+        ok = false
+      } else {
+        qr.pointee.flags.store(0, ordering: .relaxed)
+        if poisoning { fillPoison(q, 1) }
+        tracePageFree(q, 0)
+      }
+      if ok {
+        if runStart < 0 { runStart = q }
+      } else if runStart >= 0 {
+        freePreparedRange(runStart, q - runStart, zi)
+        runStart = -1
+      }
+    }
+    if runStart >= 0 { freePreparedRange(runStart, pfn + n - runStart, zi) }
+    return false
+  }
+
+  /// ``freeBlockChecked(_:_:_:_:)`` for order 0, inlined into the order-0 free paths.
+  @discardableResult
+  @inlinable @inline(__always)
+  func freeOrder0Checked(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ zi: Int, _ op: String) -> Bool {
+    let w = r.pointee.flags.load(ordering: .relaxed)
+    if _fastPath(w & PG.flagMask == 0) {
+      if _slowPath(r.pointee.refcount.load(ordering: .relaxed) != 0) {
+        reportBad(pfn, .nonzeroRefcount, "nonzero _refcount", op, quarantine: true)
+        return false
+      }
+      if w != 0 { r.pointee.flags.store(0, ordering: .relaxed) }
+      if _slowPath(poisoning) { fillPoison(pfn, 1) }
+      tracePageFree(pfn, 0)
+      freePrepared(pfn, 0, zi)
+      return true
+    }
+    return freeOrder0Slow(r, pfn, w, zi, op)
+  }
+
+  @usableFromInline @inline(never)
+  func freeOrder0Slow(
+    _ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ w: UInt32, _ zi: Int, _ op: String
+  ) -> Bool {
+    if w & PG.head != 0 {
+      // A compound page that somehow lost its order (cannot happen for order 0).
+      reportBad(pfn, .compound, "compound page freed at order 0", op, quarantine: true)
+      return false
+    }
+    guard preparePageSlow(r, pfn, w, op) else { return false }
+    freePrepared(pfn, 0, zi)
+    return true
+  }
+
+  /// The slow part of the order-0 prepare: a page with flags set. Returns true when the
+  /// page may be freed (its flag word is then clear).
+  @usableFromInline @inline(never)
+  func preparePageSlow(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ w: UInt32, _ op: String) -> Bool {
+    let f = w & PG.flagMask
+    if f == 0 {
+      // Only an order left in the word: an unsplit non-compound head freed page by page.
+      r.pointee.flags.store(0, ordering: .relaxed)
+    } else if f & PG.freeMask != 0 {
+      reportBad(pfn, .doubleFree, "nonzero mapcount", op, quarantine: false)
+      return false
+    } else if f & PG.quarantined != 0 {
+      reportBad(pfn, .quarantined, "page is quarantined", op, quarantine: false)
+      return false
+    } else if f & (PG.head | PG.tail) != 0 {
+      reportBad(pfn, .compound, "compound page freed as an order-0 page", op, quarantine: true)
+      return false
+    } else if f & PG.checkAtFree != 0 {
+      reportBad(pfn, .badState, "PAGE_FLAGS_CHECK_AT_FREE flag(s) set", op, quarantine: true)
+      return false
+    } else if f & PG.hwpoison != 0 {
+      // An order-0 HWPoison page is kept off the free lists for good, without a report.
+      r.pointee.flags.store(PG.hwpoison | PG.quarantined, ordering: .relaxed)
+      hwpoisoned.wrappingAdd(1, ordering: .relaxed)
+      quarantined.wrappingAdd(1, ordering: .relaxed)
+      return false
+    }
+    if poisoning { fillPoison(pfn, 1) }
+    tracePageFree(pfn, 0)
+    return true
+  }
+}

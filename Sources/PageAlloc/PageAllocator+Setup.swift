@@ -1,0 +1,96 @@
+import Synchronization
+
+// Zone set-up at boot: `__setup_per_zone_wmarks()`, `setup_per_zone_lowmem_reserve()`,
+// and the pagesets' `zone_batchsize()`, `zone_highsize()` and `pageset_init()`.
+
+extension PageAllocator {
+  /// `__setup_per_zone_wmarks()` and `setup_per_zone_lowmem_reserve()`.
+  func setupWatermarks() {
+    // min_free_kbytes = sqrt(lowmem_kbytes * 16), clamped to [128, 262144].
+    var lowmemPages = 0
+    for i in 0..<zoneCount where zones[i].kind != .movable { lowmemPages += zones[i].managed }
+    let lowmemKB = lowmemPages * 4
+    var minFreeKB = Int(Double(lowmemKB * 16).squareRoot())
+    minFreeKB = min(max(minFreeKB, 128), 262144)
+    let pagesMin = minFreeKB / 4
+    for i in 0..<zoneCount {
+      let z = zones + i
+      let managed = z.pointee.managed
+      var minWm: Int
+      if z.pointee.kind == .movable {
+        // Like highmem: a small fixed reserve, managed/1024 in [SWAP_CLUSTER_MAX, 128].
+        minWm = min(max(managed / 1024, 32), 128)
+      } else {
+        minWm = lowmemPages > 0 ? pagesMin * managed / lowmemPages : 0
+      }
+      // watermark_scale_factor = 10 (0.1%).
+      let delta = max(minWm / 4, managed * 10 / 10000)
+      z.pointee.wmarkMin = minWm
+      z.pointee.wmarkLow = minWm + delta
+      z.pointee.wmarkHigh = minWm + 2 * delta
+      z.pointee.wmarkPromo = minWm + 3 * delta
+    }
+    // lowmem_reserve[j] of zone i (j > i) = managed pages of zones i+1...j / ratio[i].
+    for i in 0..<zoneCount {
+      let zi = zones + i
+      for j in 0..<zoneCount where zones[j].kind > zi.pointee.kind {
+        let ratio = zi.pointee.kind.lowmemReserveRatio
+        var sum = 0
+        for k in (i + 1)...j { sum += zones[k].managed }
+        zi.pointee.lowmemReserve[zones[j].kind.rawValue] = ratio > 0 ? sum / ratio : 0
+      }
+      // Reserve indexed by kind; fill kinds without a zone from the next lower zone kind.
+      var last = 0
+      for k in 0..<4 {
+        if zi.pointee.lowmemReserve[k] != 0 { last = zi.pointee.lowmemReserve[k] }
+        else if k > zi.pointee.kind.rawValue { zi.pointee.lowmemReserve[k] = last }
+      }
+    }
+  }
+
+  /// `zone_batchsize()`, `zone_highsize()` and `pageset_init()`.
+  ///
+  /// batch = rounddown_pow_of_two(b + b/2) - 1 with b = min(managed >> 12, 64): 63 for any
+  /// zone of 1 GiB or more. high_min = low watermark / CPUs and high_max = managed / 8 /
+  /// CPUs (both at least 4 * batch), or managed / fraction / CPUs for both when
+  /// `percpuPagelistHighFraction` is set. `high` starts at high_min and is tuned between
+  /// the two (see ``PerCPUPages``).
+  func setupPageSets() {
+    for i in 0..<zoneCount {
+      let z = zones + i
+      var b = min(z.pointee.managed >> 12, 64)
+      if b < 1 { b = 1 }
+      b = b + b / 2
+      var batch = 1
+      while batch * 2 <= b { batch *= 2 }
+      batch = max(batch - 1, 1)
+      var highMin: Int
+      var highMax: Int
+      let frac = configuration.percpuPagelistHighFraction
+      if frac > 0 {
+        highMin = max(z.pointee.managed / frac / cpuCount, 4 * batch)
+        highMax = highMin
+      } else {
+        highMin = max(z.pointee.wmarkLow / cpuCount, 4 * batch)
+        highMax = max(z.pointee.managed / 8 / cpuCount, 4 * batch)
+        highMax = max(highMax, highMin)
+      }
+      z.pointee.batch = batch
+      z.pointee.highMin = highMin
+      z.pointee.highMax = highMax
+      for cpu in 0..<cpuCount {
+        let lists = UnsafeMutablePointer<FreeList>.allocate(capacity: pcpListCount)
+        lists.initialize(
+          repeating: FreeList(head: PageRecord.nilLink, tail: PageRecord.nilLink, count: 0),
+          count: pcpListCount)
+        let raw = pcpBase + (cpu * zoneCount + i) * PageAllocator.pcpStride
+        raw.bindMemory(to: PerCPUPages.self, capacity: 1).initialize(
+          to: PerCPUPages(
+            lock: SpinLock(word: Atomic(0)), lists: lists, count: 0, high: highMin,
+            highMin: highMin, highMax: highMax, batch: batch, freeCount: 0, allocFactor: 0,
+            prevFreeHighOrder: false, drainCursor: 0, pgalloc: 0, pgfree: 0, refills: 0,
+            drains: 0, trylockFailures: 0))
+      }
+    }
+  }
+}
