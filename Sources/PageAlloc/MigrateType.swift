@@ -48,6 +48,9 @@ public enum ZoneKind: Int, CaseIterable, Sendable, Comparable, CustomStringConve
 
   public static func < (a: ZoneKind, b: ZoneKind) -> Bool { a.rawValue < b.rawValue }
 
+  /// MAX_NR_ZONES: how many kinds there are (`allCases.count`, as a constant).
+  @usableFromInline static let count = 4
+
   /// The name the kernel prints ("DMA", "DMA32", "Normal", "Movable").
   public var description: String {
     switch self {

@@ -60,7 +60,7 @@ extension PageAllocator {
     let mt = gfp.migrateType.rawValue
     let highest = gfp.highestZone.rawValue
     // The common case first, kept small: the preferred zone above its low watermark.
-    let first = Int(zonelists[highest &* 4])
+    let first = zonelist(for: highest).preferred
     if _fastPath(first >= 0) {
       let z = zones + first
       if watermarkOK(z, order, z.pointee.wmarkLow, highest), let pfn = rmqueueTop(z, first, order, mt) {
@@ -79,10 +79,7 @@ extension PageAllocator {
     var pass = 0
     var drained = false
     while pass < 2 {
-      var i = pass == 0 ? 1 : 0
-      while i < 4 {
-        let zi = Int(zonelists[highest &* 4 &+ i])
-        if zi < 0 { break }
+      for zi in zonelist(for: highest, from: pass == 0 ? 1 : 0) {
         let z = zones + zi
         let mark = pass == 0 ? z.pointee.wmarkLow : reserveMark(z.pointee.wmarkMin, gfp)
         if watermarkOK(z, order, mark, highest) {
@@ -92,7 +89,6 @@ extension PageAllocator {
             return pfn
           }
         }
-        i &+= 1
       }
       pass &+= 1
       if pass == 2 && !drained && gfp.contains(.directReclaim) {

@@ -17,10 +17,7 @@ extension PageAllocator {
     let highest = gfp.highestZone.rawValue
     var pass = 0
     while pass < 2 {
-      var i = 0
-      while i < 4 {
-        let zi = Int(zonelists[highest &* 4 &+ i])
-        if zi < 0 { break }
+      for zi in zonelist(for: highest) {
         let z = zones + zi
         let mark = pass == 0 ? z.pointee.wmarkLow : reserveMark(z.pointee.wmarkMin, gfp)
         if watermarkOK(z, order, mark, highest), let pfn = rmqueueBuddy(z, order, mt) {
@@ -28,7 +25,6 @@ extension PageAllocator {
           tracePageAlloc(pfn, order, mt, gfp)
           return PFN(pfn)
         }
-        i &+= 1
       }
       pass &+= 1
     }

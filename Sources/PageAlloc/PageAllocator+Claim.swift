@@ -142,7 +142,7 @@ extension PageAllocator {
     }
     for cpu in 0..<cpuCount {
       let pc = pcp(cpu &* zoneCount &+ zi)
-      for li in 0..<pcpListCount where pindexToOrder(li) == order {
+      for li in 0..<PCPList.count where pindexToOrder(li) == order {
         let l = pc.pointee.lists + li
         if (head != PageRecord.nilLink && l.pointee.head == head)
           || (tail != PageRecord.nilLink && l.pointee.tail == tail)

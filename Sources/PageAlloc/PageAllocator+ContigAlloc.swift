@@ -82,10 +82,7 @@ extension PageAllocator {
     guard count > 0, count <= 1 << 32, gfp.isSubset(of: PageAllocator.contigAllowedGFP) else { return nil }
     if gfp.contains(.comp) && (count & (count - 1) != 0 || count > 1 << PageGeometry.maxOrder) { return nil }
     let highest = gfp.highestZone.rawValue
-    var i = 0
-    while i < 4 {
-      let zi = Int(zonelists[highest &* 4 &+ i])
-      if zi < 0 { break }
+    for zi in zonelist(for: highest) {
       let z = zones + zi
       let zs = z.pointee.start
       let ze = z.pointee.end
@@ -101,7 +98,6 @@ extension PageAllocator {
         }
         pfn += count
       }
-      i += 1
     }
     if !gfp.contains(.noWarn) {
       reportAllocFailure(count <= 1 ? 0 : (Int.bitWidth - (count - 1).leadingZeroBitCount), gfp)

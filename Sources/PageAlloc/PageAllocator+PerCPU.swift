@@ -231,9 +231,9 @@ extension PageAllocator {
       var tries = 0
       repeat {
         pindex &+= 1
-        if pindex >= pcpListCount { pindex = 0 }
+        if pindex >= PCPList.count { pindex = 0 }
         tries &+= 1
-      } while pcp.pointee.lists[pindex].head == PageRecord.nilLink && tries <= pcpListCount
+      } while pcp.pointee.lists[pindex].head == PageRecord.nilLink && tries <= PCPList.count
       let l = pcp.pointee.lists + pindex
       if l.pointee.head == PageRecord.nilLink { break }
       let order = pindexToOrder(pindex)

@@ -9,10 +9,11 @@ extension PageAllocator {
     // min_free_kbytes = sqrt(lowmem_kbytes * 16), clamped to [128, 262144].
     var lowmemPages = 0
     for i in 0..<zoneCount where zones[i].kind != .movable { lowmemPages += zones[i].managed }
-    let lowmemKB = lowmemPages * 4
+    let kbPerPage = PageGeometry.pageSize / 1024
+    let lowmemKB = lowmemPages * kbPerPage
     var minFreeKB = Int(Double(lowmemKB * 16).squareRoot())
     minFreeKB = min(max(minFreeKB, 128), 262144)
-    let pagesMin = minFreeKB / 4
+    let pagesMin = minFreeKB / kbPerPage
     for i in 0..<zoneCount {
       let z = zones + i
       let managed = z.pointee.managed
@@ -41,7 +42,7 @@ extension PageAllocator {
       }
       // Reserve indexed by kind; fill kinds without a zone from the next lower zone kind.
       var last = 0
-      for k in 0..<4 {
+      for k in 0..<ZoneKind.count {
         if zi.pointee.lowmemReserve[k] != 0 { last = zi.pointee.lowmemReserve[k] }
         else if k > zi.pointee.kind.rawValue { zi.pointee.lowmemReserve[k] = last }
       }
@@ -79,10 +80,10 @@ extension PageAllocator {
       z.pointee.highMin = highMin
       z.pointee.highMax = highMax
       for cpu in 0..<cpuCount {
-        let lists = UnsafeMutablePointer<FreeList>.allocate(capacity: pcpListCount)
+        let lists = UnsafeMutablePointer<FreeList>.allocate(capacity: PCPList.count)
         lists.initialize(
           repeating: FreeList(head: PageRecord.nilLink, tail: PageRecord.nilLink, count: 0),
-          count: pcpListCount)
+          count: PCPList.count)
         let raw = pcpBase + (cpu * zoneCount + i) * PageAllocator.pcpStride
         raw.bindMemory(to: PerCPUPages.self, capacity: 1).initialize(
           to: PerCPUPages(

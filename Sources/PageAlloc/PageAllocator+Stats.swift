@@ -49,7 +49,7 @@ public struct ZoneStatistics: Sendable, Hashable {
 }
 
 extension PageAllocator {
-  /// nr_free per order 0...10, summed over the zones and migratetypes (`/proc/buddyinfo`'s
+  /// nr_free per order 0...MAX_PAGE_ORDER, summed over the zones and migratetypes (`/proc/buddyinfo`'s
   /// numbers added up). pcp pages are not in these counts; drain first to see them.
   public func freeBlockCounts() -> [Int] {
     var out = [Int](repeating: 0, count: PageGeometry.orderCount)
@@ -127,7 +127,7 @@ extension PageAllocator {
     for i in 0..<(cpuCount * zoneCount) {
       let pc = pcp(i)
       pc.pointee.lock.lock()
-      for li in 0..<pcpListCount {
+      for li in 0..<PCPList.count {
         var p = pc.pointee.lists[li].head
         while p != PageRecord.nilLink {
           out.append((PFN(Int(p)), pindexToOrder(li)))
@@ -158,10 +158,10 @@ extension PageAllocator {
         p.pointee.lock.unlock()
       }
       z.pointee.lock.lock()
-      var byType = [[Int]](repeating: [Int](repeating: 0, count: 11), count: MigrateType.count)
-      var blocks = [Int](repeating: 0, count: 11)
+      var byType = [[Int]](repeating: [Int](repeating: 0, count: PageGeometry.orderCount), count: MigrateType.count)
+      var blocks = [Int](repeating: 0, count: PageGeometry.orderCount)
       var isolated = 0
-      for o in 0...10 {
+      for o in 0...PageGeometry.maxOrder {
         for mt in 0..<MigrateType.count {
           let c = z.pointee.lists[listIndex(o, mt)].count
           byType[mt][o] = c
@@ -176,7 +176,7 @@ extension PageAllocator {
         nrFreePages: z.pointee.nrFreePages.load(ordering: .relaxed), isolatedFreePages: isolated,
         pcpPages: pcpPages, watermarkMin: z.pointee.wmarkMin, watermarkLow: z.pointee.wmarkLow,
         watermarkHigh: z.pointee.wmarkHigh, watermarkPromo: z.pointee.wmarkPromo,
-        lowmemReserve: (0..<4).map { z.pointee.lowmemReserve[$0] }, freeBlocks: blocks,
+        lowmemReserve: (0..<ZoneKind.count).map { z.pointee.lowmemReserve[$0] }, freeBlocks: blocks,
         freeBlocksByType: byType, pageblocksByType: pbTypes, pgalloc: z.pointee.pgalloc + pcpAlloc,
         pgfree: z.pointee.pgfree + pcpFree, fallbackAllocs: z.pointee.fallbackAllocs,
         pageblocksClaimed: z.pointee.pageblocksClaimed, batch: z.pointee.batch, highMin: z.pointee.highMin,

@@ -111,7 +111,7 @@ extension PageAllocator {
       for cpu in 0..<cpuCount {
         let pc = pcp(cpu * zoneCount + zi)
         var pages = 0
-        for li in 0..<pcpListCount {
+        for li in 0..<PCPList.count {
           let o = pindexToOrder(li)
           var p = pc.pointee.lists[li].head
           var prev = PageRecord.nilLink

@@ -34,8 +34,8 @@ public final class PageAllocator: @unchecked Sendable {
   /// pcps[cpu * zoneCount + zone], each on its own 128-byte line.
   @usableFromInline let pcpBase: UnsafeMutableRawPointer
   @usableFromInline let cpuCount: Int
-  /// zonelists[kind * 4 + i]: zone indices to try for a request whose highest zone is
-  /// `kind`, best first; -1 ends the list.
+  /// zonelists[kind * Zonelist.capacity + i]: zone indices to try for a request whose
+  /// highest zone is `kind`, best first; ``Zonelist/end`` ends a shorter list.
   @usableFromInline let zonelists: UnsafeMutablePointer<Int8>
   @usableFromInline let poisoning: Bool
   @usableFromInline let trapOnBad: Bool
@@ -116,22 +116,24 @@ public final class PageAllocator: @unchecked Sendable {
 
     // Zonelists: for each highest kind, the configured zones of that kind or lower, highest
     // first (Movable -> Normal -> DMA32 -> DMA).
-    zonelists = .allocate(capacity: 16)
-    zonelists.initialize(repeating: -1, count: 16)
+    assert(ZoneKind.allCases.count == ZoneKind.count)
+    zonelists = .allocate(capacity: ZoneKind.count * Zonelist.capacity)
+    zonelists.initialize(repeating: Zonelist.end, count: ZoneKind.count * Zonelist.capacity)
     for kind in ZoneKind.allCases {
       var i = 0
       for (zi, z) in c.zones.enumerated().reversed() where z.kind <= kind {
-        zonelists[kind.rawValue * 4 + i] = Int8(zi)
+        zonelists[kind.rawValue * Zonelist.capacity + i] = Int8(zi)
         i += 1
       }
     }
 
     zones = .allocate(capacity: c.zones.count)
     for (i, zc) in c.zones.enumerated() {
-      let lists = UnsafeMutablePointer<FreeList>.allocate(capacity: 11 * 6)
-      lists.initialize(repeating: FreeList(head: PageRecord.nilLink, tail: PageRecord.nilLink, count: 0), count: 66)
-      let reserve = UnsafeMutablePointer<Int>.allocate(capacity: 4)
-      reserve.initialize(repeating: 0, count: 4)
+      let lists = UnsafeMutablePointer<FreeList>.allocate(capacity: FreeArea.listCount)
+      lists.initialize(
+        repeating: FreeList(head: PageRecord.nilLink, tail: PageRecord.nilLink, count: 0), count: FreeArea.listCount)
+      let reserve = UnsafeMutablePointer<Int>.allocate(capacity: ZoneKind.count)
+      reserve.initialize(repeating: 0, count: ZoneKind.count)
       (zones + i).initialize(
         to: Zone(
           lock: SpinLock(word: Atomic(0)), nrFreePages: Atomic(0), index: i, kind: zc.kind,
@@ -227,6 +229,13 @@ public final class PageAllocator: @unchecked Sendable {
     return nil
   }
 
+  /// The zones a request whose highest usable zone kind is `highest` may use, best first,
+  /// from entry `start` of its zonelist on.
+  @inlinable @inline(__always)
+  func zonelist(for highest: Int, from start: Int = 0) -> Zonelist {
+    Zonelist(entries: zonelists + highest &* Zonelist.capacity, position: start)
+  }
+
   func zoneIndexSlow(_ pfn: Int) -> Int? {
     configuration.zones.firstIndex(where: { $0.pfns.contains(PFN(pfn)) })
   }
@@ -310,7 +319,7 @@ public final class PageAllocator: @unchecked Sendable {
     for i in 0..<zoneCount {
       let z = zones + i
       z.pointee.lock.lock()
-      for idx in 0..<66 {
+      for idx in 0..<FreeArea.listCount {
         var p = z.pointee.lists[idx].head
         while p != PageRecord.nilLink {
           let r = memMap.presentRecord(Int(p))

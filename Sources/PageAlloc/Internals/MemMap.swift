@@ -23,12 +23,16 @@ struct MemMap {
   @usableFromInline let sectionCount: Int
   /// `sections[i]` = records of section i (pfn base + i << shift), or nil for a hole.
   @usableFromInline let sections: UnsafeMutablePointer<UnsafeMutablePointer<PageRecord>?>
-  /// Pageblock migratetype bytes: bits 0-2 the type, bit 3 PB_migrate_isolate.
+  /// Pageblock migratetype bytes: the type in ``typeMask``, PB_migrate_isolate in
+  /// ``isolateBit``.
   @usableFromInline let pageblocks: UnsafeMutablePointer<Atomic<UInt8>>
   let region: UnsafeMutableRawPointer?
   let regionBytes: Int
 
-  static let isolateBit: UInt8 = 1 << 3
+  /// The migratetype bits of a pageblock byte (MIGRATETYPE_MASK).
+  @usableFromInline static let typeMask: UInt8 = 0b111
+  /// PB_migrate_isolate: the pageblock is isolated; its free blocks are on the Isolate lists.
+  @usableFromInline static let isolateBit: UInt8 = 1 << 3
 
   init(basePFN: Int, endPFN: Int, sectionShift: Int, present: (Int) -> Bool) throws {
     self.basePFN = basePFN
@@ -106,21 +110,21 @@ struct MemMap {
   /// The pageblock's migratetype, ignoring isolation (`get_pageblock_migratetype`).
   @inlinable @inline(__always)
   func storedMigrateType(_ pfn: Int) -> MigrateType {
-    MigrateType(rawValue: Int(pageblocks[pageblockIndex(pfn)].load(ordering: .relaxed) & 7))!
+    MigrateType(rawValue: Int(pageblocks[pageblockIndex(pfn)].load(ordering: .relaxed) & MemMap.typeMask))!
   }
 
   /// The free-list type of the pageblock: ``MigrateType/isolate`` when isolated.
   @inlinable @inline(__always)
   func freeListType(_ pfn: Int) -> MigrateType {
     let v = pageblocks[pageblockIndex(pfn)].load(ordering: .relaxed)
-    if v & 8 != 0 { return .isolate }
-    return MigrateType(rawValue: Int(v & 7)).unsafelyUnwrapped
+    if v & MemMap.isolateBit != 0 { return .isolate }
+    return MigrateType(rawValue: Int(v & MemMap.typeMask)).unsafelyUnwrapped
   }
 
   @inlinable @inline(__always)
   func freeListTypeRaw(_ pfn: Int) -> Int {
     let v = pageblocks[pageblockIndex(pfn)].load(ordering: .relaxed)
-    return v & 8 != 0 ? MigrateType.isolate.rawValue : Int(v & 7)
+    return v & MemMap.isolateBit != 0 ? MigrateType.isolate.rawValue : Int(v & MemMap.typeMask)
   }
 
   @usableFromInline
@@ -128,18 +132,18 @@ struct MemMap {
     precondition(mt != .isolate)
     let a = pageblocks + pageblockIndex(pfn)
     let old = a.pointee.load(ordering: .relaxed)
-    a.pointee.store((old & ~7) | UInt8(mt.rawValue), ordering: .relaxed)
+    a.pointee.store((old & ~MemMap.typeMask) | UInt8(mt.rawValue), ordering: .relaxed)
   }
 
   @usableFromInline
   func setIsolated(_ pfn: Int, _ on: Bool) {
     let a = pageblocks + pageblockIndex(pfn)
     let old = a.pointee.load(ordering: .relaxed)
-    a.pointee.store(on ? (old | 8) : (old & ~8), ordering: .relaxed)
+    a.pointee.store(on ? (old | MemMap.isolateBit) : (old & ~MemMap.isolateBit), ordering: .relaxed)
   }
 
   @usableFromInline
   func isIsolated(_ pfn: Int) -> Bool {
-    pageblocks[pageblockIndex(pfn)].load(ordering: .relaxed) & 8 != 0
+    pageblocks[pageblockIndex(pfn)].load(ordering: .relaxed) & MemMap.isolateBit != 0
   }
 }

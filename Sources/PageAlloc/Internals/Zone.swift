@@ -23,9 +23,9 @@ struct Zone: ~Copyable {
   /// zone_start_pfn and zone_end_pfn.
   @usableFromInline let start: Int
   @usableFromInline let end: Int
-  /// `[order * MIGRATE_TYPES + mt]`
+  /// ``FreeArea/listCount`` lists, `[listIndex(order, mt)]`.
   @usableFromInline let lists: UnsafeMutablePointer<FreeList>
-  /// lowmem_reserve[highest zone index].
+  /// lowmem_reserve[highest zone kind]: ``ZoneKind/count`` entries.
   @usableFromInline let lowmemReserve: UnsafeMutablePointer<Int>
   @usableFromInline var spanned: Int
   @usableFromInline var present: Int
@@ -47,17 +47,21 @@ struct Zone: ~Copyable {
   @usableFromInline var pageblocksClaimed: Int
 }
 
+/// The shape of a zone's free lists: the kernel's `free_area[NR_PAGE_ORDERS]`, each with its
+/// `free_list[MIGRATE_TYPES]`, kept as one array.
 @usableFromInline
-let migrateTypeCount = MigrateType.count
+enum FreeArea {
+  /// NR_PAGE_ORDERS * MIGRATE_TYPES lists per zone.
+  @usableFromInline static let listCount = PageGeometry.orderCount * MigrateType.count
+}
 
+/// The index of `free_area[order].free_list[mt]` in ``Zone/lists``.
 @inlinable @inline(__always)
-func listIndex(_ order: Int, _ mt: Int) -> Int { order &* 6 &+ mt }
+func listIndex(_ order: Int, _ mt: Int) -> Int { order &* MigrateType.count &+ mt }
 
 /// Per-CPU page lists for one (CPU, zone): the analogue of `struct per_cpu_pages`.
 ///
-/// All fields but ``lock`` are guarded by it. Lists: orders 0-3 for each pcp migratetype
-/// (index 3 * order + mt), and two lists at the pageblock order (12: Unmovable and
-/// Reclaimable; 13: Movable), as the kernel's with THP.
+/// All fields but ``lock`` are guarded by it. The lists are laid out as ``PCPList`` says.
 @usableFromInline
 struct PerCPUPages: ~Copyable {
   @usableFromInline let lock: SpinLock
@@ -81,8 +85,21 @@ struct PerCPUPages: ~Copyable {
   @usableFromInline var trylockFailures: Int
 }
 
-/// NR_PCP_LISTS
-@usableFromInline let pcpListCount = 14
+/// The lists of a pcp, as the kernel's with THP: one per pcp migratetype for each order up
+/// to PAGE_ALLOC_COSTLY_ORDER (index `MigrateType.pcpTypes * order + mt`), then two for the
+/// pageblock (THP) order.
+@usableFromInline
+enum PCPList {
+  /// NR_LOWORDER_PCP_LISTS: the lists of orders 0...PAGE_ALLOC_COSTLY_ORDER.
+  @usableFromInline static let lowOrderCount = MigrateType.pcpTypes * (PageGeometry.costlyOrder + 1)
+  /// The THP list of Unmovable and Reclaimable blocks.
+  @usableFromInline static let thp = lowOrderCount
+  /// The THP list of Movable blocks (``thp`` + 1, which `orderToPindex` relies on).
+  @usableFromInline static let thpMovable = lowOrderCount + 1
+  /// NR_PCP_LISTS.
+  @usableFromInline static let count = lowOrderCount + 2
+}
+
 /// CONFIG_PCP_BATCH_SCALE_MAX
 @usableFromInline let pcpBatchScaleMax = 5
 
@@ -95,12 +112,48 @@ func pcpAllowedOrder(_ order: Int) -> Bool {
 /// `order_to_pindex()`.
 @inlinable @inline(__always)
 func orderToPindex(_ mt: Int, _ order: Int) -> Int {
-  if order > PageGeometry.costlyOrder { return 12 &+ (mt == MigrateType.movable.rawValue ? 1 : 0) }
-  return 3 &* order &+ mt
+  // thp + 0 or 1 rather than a choice between the two names: the choice compiles to a
+  // branch-free select computed on every pcp allocation, the sum to a rare branch.
+  if order > PageGeometry.costlyOrder { return PCPList.thp &+ (mt == MigrateType.movable.rawValue ? 1 : 0) }
+  return MigrateType.pcpTypes &* order &+ mt
 }
 
 /// `pindex_to_order()`.
 @inlinable @inline(__always)
 func pindexToOrder(_ pindex: Int) -> Int {
-  pindex >= 12 ? PageGeometry.pageblockOrder : pindex / 3
+  pindex >= PCPList.lowOrderCount ? PageGeometry.pageblockOrder : pindex / MigrateType.pcpTypes
+}
+
+/// One zonelist, walked: the zone indices a request whose highest usable zone kind is
+/// given may use, best first (`for_next_zone_zonelist_nodemask()`). The allocator keeps one
+/// row of ``capacity`` entries per zone kind, `zonelists[kind * capacity + i]`, and
+/// ``PageAllocator/zonelist(for:from:)`` walks one.
+@usableFromInline
+struct Zonelist: Sequence, IteratorProtocol {
+  /// Entries per zonelist: one zone per kind at most.
+  @usableFromInline static let capacity = ZoneKind.count
+  /// Ends a zonelist shorter than ``capacity``.
+  @usableFromInline static let end: Int8 = -1
+
+  @usableFromInline let entries: UnsafeMutablePointer<Int8>
+  @usableFromInline var position: Int
+
+  @inlinable @inline(__always)
+  init(entries: UnsafeMutablePointer<Int8>, position: Int) {
+    self.entries = entries
+    self.position = position
+  }
+
+  /// The preferred zone (the list's first entry), or ``end`` (negative) for an empty list.
+  @inlinable @inline(__always)
+  var preferred: Int { Int(entries[0]) }
+
+  @inlinable @inline(__always)
+  mutating func next() -> Int? {
+    if position >= Zonelist.capacity { return nil }
+    let zi = Int(entries[position])
+    if zi < 0 { return nil }
+    position &+= 1
+    return zi
+  }
 }
