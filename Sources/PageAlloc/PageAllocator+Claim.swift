@@ -110,7 +110,7 @@ extension PageAllocator {
   private func giveBack(_ z: UnsafeMutablePointer<Zone>, _ start: Int, _ end: Int) {
     var p = start
     while p < end {
-      let o = chunkOrder(p, end &- p)
+      let o = PageAllocator.chunkOrder(p, end &- p)
       addToFreeList(z, p, o, memMap.freeListTypeRaw(p), tail: false)
       p &+= 1 &<< o
     }

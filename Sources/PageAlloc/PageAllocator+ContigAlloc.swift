@@ -100,7 +100,8 @@ extension PageAllocator {
       }
     }
     if !gfp.contains(.noWarn) {
-      reportAllocFailure(count <= 1 ? 0 : (Int.bitWidth - (count - 1).leadingZeroBitCount), gfp)
+      // The order of the smallest block holding `count` pages: ceil(log2(count)).
+      reportAllocFailure(count <= 1 ? 0 : PageGeometry.floorLog2(count - 1) + 1, gfp)
     }
     return nil
   }

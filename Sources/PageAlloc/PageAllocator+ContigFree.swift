@@ -97,8 +97,7 @@ extension PageAllocator {
       p = min(blk.head &+ (1 &<< blk.order), end)
     }
     while p < end {
-      guard memMap.record(p) != nil, let zi = zoneIndex(p) else {
-        reportBad(p, .outsideZones, "pfn outside every zone", op, quarantine: false)
+      guard let zi = resolve(p, op)?.zone else {
         p = skipAbsent(p, end)
         continue
       }
@@ -191,7 +190,7 @@ extension PageAllocator {
     var p = pfn
     var left = n
     while left > 0 {
-      let order = chunkOrder(p, left)
+      let order = PageAllocator.chunkOrder(p, left)
       traceChunk(p, order)
       freePrepared(p, order, zi)
       p &+= 1 &<< order
@@ -206,9 +205,7 @@ extension PageAllocator {
     var p = range.lowerBound.value
     var left = range.count
     while left > 0 {
-      let align = p == 0 ? PageGeometry.maxOrder : p.trailingZeroBitCount
-      let fit = (Int.bitWidth - 1) - left.leadingZeroBitCount
-      let o = min(align, fit, PageGeometry.maxOrder)
+      let o = chunkOrder(p, left)
       out.append((PFN(p), o))
       p += 1 << o
       left -= 1 << o

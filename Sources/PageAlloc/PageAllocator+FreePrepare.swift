@@ -14,10 +14,7 @@ extension PageAllocator {
   /// lib/test_free_pages.c tests.
   public func freePages(_ pfn: PFN, order: Int) {
     let p = pfn.value
-    guard let r = memMap.record(p), let zi = zoneIndex(p) else {
-      reportBad(p, .outsideZones, "pfn outside every zone", "freePages", quarantine: false)
-      return
-    }
+    guard let (r, zi) = resolve(p, "freePages") else { return }
     let w = r.pointee.flags.load(ordering: .relaxed)
     if _slowPath(w & (PG.freeMask | PG.tail | PG.quarantined) != 0 || PG.order(w) != order) {
       badFreeHead(p, w, order, "freePages")
@@ -50,10 +47,7 @@ extension PageAllocator {
   /// `free_frozen_pages()`: frees a block whose refcount the caller already owns at zero.
   public func freeFrozenPages(_ pfn: PFN, order: Int) {
     let p = pfn.value
-    guard let r = memMap.record(p), let zi = zoneIndex(p) else {
-      reportBad(p, .outsideZones, "pfn outside every zone", "freeFrozenPages", quarantine: false)
-      return
-    }
+    guard let (r, zi) = resolve(p, "freeFrozenPages") else { return }
     let w = r.pointee.flags.load(ordering: .relaxed)
     if _slowPath(w & (PG.freeMask | PG.tail | PG.quarantined) != 0 || PG.order(w) != order) {
       badFreeHead(p, w, order, "freeFrozenPages")

@@ -23,16 +23,7 @@ extension PageAllocator {
         return nil
       }
     }
-    let pfn = Int(l.pointee.head)
-    let r = memMap.presentRecord(pfn)
-    let next = r.pointee.next
-    l.pointee.head = next
-    if next != PageRecord.nilLink {
-      memMap.presentRecord(Int(next)).pointee.prev = PageRecord.nilLink
-    } else {
-      l.pointee.tail = PageRecord.nilLink
-    }
-    l.pointee.count = l.pointee.count &- 1
+    let (pfn, r) = pcpPopHead(l)
     r.pointee.flags.store(PG.word(flags: 0, order: order), ordering: .relaxed)
     pcp.pointee.count = pcp.pointee.count &- (1 &<< order)
     pcp.pointee.pgalloc = pcp.pointee.pgalloc &+ (1 &<< order)
@@ -103,9 +94,27 @@ extension PageAllocator {
     linkHead(l, pfn, r)
   }
 
-  /// Pops the oldest block (the tail) of a pcp list.
+  /// Pops the newest block (the head) of a non-empty pcp list: an allocation takes the
+  /// cache-hot end. Returns the block's record too, which the caller writes next.
   @inlinable @inline(__always)
-  func pcpPopTail(_ l: UnsafeMutablePointer<FreeList>) -> Int {
+  func pcpPopHead(_ l: UnsafeMutablePointer<FreeList>) -> (pfn: Int, record: UnsafeMutablePointer<PageRecord>) {
+    let pfn = Int(l.pointee.head)
+    let r = memMap.presentRecord(pfn)
+    let next = r.pointee.next
+    l.pointee.head = next
+    if next != PageRecord.nilLink {
+      memMap.presentRecord(Int(next)).pointee.prev = PageRecord.nilLink
+    } else {
+      l.pointee.tail = PageRecord.nilLink
+    }
+    l.pointee.count = l.pointee.count &- 1
+    return (pfn, r)
+  }
+
+  /// Pops the oldest block (the tail) of a non-empty pcp list: a drain frees the coldest
+  /// blocks first. Returns the block's record too, which the caller writes next.
+  @inlinable @inline(__always)
+  func pcpPopTail(_ l: UnsafeMutablePointer<FreeList>) -> (pfn: Int, record: UnsafeMutablePointer<PageRecord>) {
     let pfn = Int(l.pointee.tail)
     let r = memMap.presentRecord(pfn)
     let prev = r.pointee.prev
@@ -116,7 +125,7 @@ extension PageAllocator {
       l.pointee.head = PageRecord.nilLink
     }
     l.pointee.count = l.pointee.count &- 1
-    return pfn
+    return (pfn, r)
   }
 
   // MARK: - Free half
@@ -238,10 +247,10 @@ extension PageAllocator {
       if l.pointee.head == PageRecord.nilLink { break }
       let order = pindexToOrder(pindex)
       repeat {
-        let pfn = pcpPopTail(l)
+        let (pfn, r) = pcpPopTail(l)
         count &-= 1 &<< order
         pcp.pointee.count = pcp.pointee.count &- (1 &<< order)
-        memMap.presentRecord(pfn).pointee.flags.store(0, ordering: .relaxed)
+        r.pointee.flags.store(0, ordering: .relaxed)
         let mt = memMap.freeListTypeRaw(pfn)
         freeOneBlock(z, pfn, order, mt)
         tracePcpuDrain(pfn, order, mt)

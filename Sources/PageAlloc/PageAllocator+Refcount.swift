@@ -16,10 +16,7 @@ extension PageAllocator {
   /// `get_page()`: takes a reference on the page (on the head of a compound page).
   /// A page with no reference (free or frozen) is reported and left alone.
   public func getPage(_ pfn: PFN) {
-    guard memMap.record(pfn.value) != nil, zoneIndex(pfn.value) != nil else {
-      reportBad(pfn.value, .outsideZones, "pfn outside every zone", "getPage", quarantine: false)
-      return
-    }
+    guard resolve(pfn.value, "getPage") != nil else { return }
     let head = compoundHead(pfn.value)
     let r = memMap.presentRecord(head)
     let old = r.pointee.refcount.wrappingAdd(1, ordering: .relaxed).oldValue
@@ -37,10 +34,7 @@ extension PageAllocator {
   /// knows the allocation order and frees the block.
   @discardableResult
   public func putPage(_ pfn: PFN) -> Bool {
-    guard memMap.record(pfn.value) != nil, let zi = zoneIndex(pfn.value) else {
-      reportBad(pfn.value, .outsideZones, "pfn outside every zone", "putPage", quarantine: false)
-      return false
-    }
+    guard let zi = resolve(pfn.value, "putPage")?.zone else { return false }
     let head = compoundHead(pfn.value)
     let r = memMap.presentRecord(head)
     let old = r.pointee.refcount.wrappingSubtract(1, ordering: .acquiringAndReleasing).oldValue
@@ -103,10 +97,7 @@ extension PageAllocator {
   /// `split_page()`: turns a non-compound order-`order` block into `2^order` order-0 pages,
   /// each with refcount 1 (the head keeps its references).
   public func splitPage(_ pfn: PFN, order: Int) {
-    guard let r = memMap.record(pfn.value), zoneIndex(pfn.value) != nil else {
-      reportBad(pfn.value, .outsideZones, "pfn outside every zone", "splitPage", quarantine: false)
-      return
-    }
+    guard let r = resolve(pfn.value, "splitPage")?.record else { return }
     let w = r.pointee.flags.load(ordering: .relaxed)
     if w & (PG.head | PG.tail) != 0 {
       reportBad(pfn.value, .compound, "split_page of a compound page", "splitPage", quarantine: false)

@@ -173,7 +173,7 @@ public final class PageAllocator: @unchecked Sendable {
           present += segEnd - p
           var q = p
           while q < segEnd {
-            let order = chunkOrder(q, segEnd &- q)
+            let order = PageAllocator.chunkOrder(q, segEnd &- q)
             addToFreeList(z, q, order, MigrateType.movable.rawValue, tail: true)
             q += 1 << order
           }
@@ -240,13 +240,24 @@ public final class PageAllocator: @unchecked Sendable {
     configuration.zones.firstIndex(where: { $0.pfns.contains(PFN(pfn)) })
   }
 
+  /// The record and zone index of `pfn`, or nil when `pfn` has no record or lies outside
+  /// every zone: then the call `op` is reported (``BadPageReport/Kind/outsideZones``) and
+  /// must do nothing. The guard every entry point taking a pfn starts with.
+  @inlinable @inline(__always)
+  func resolve(_ pfn: Int, _ op: String) -> (record: UnsafeMutablePointer<PageRecord>, zone: Int)? {
+    guard let r = memMap.record(pfn), let zi = zoneIndex(pfn) else {
+      reportBad(pfn, .outsideZones, "pfn outside every zone", op, quarantine: false)
+      return nil
+    }
+    return (r, zi)
+  }
+
   /// The order of the largest aligned block at `pfn` that fits in `n` pages (pfn 0 starts
   /// at MAX_PAGE_ORDER, since __ffs(0) is undefined).
   @inlinable @inline(__always)
-  func chunkOrder(_ pfn: Int, _ n: Int) -> Int {
+  static func chunkOrder(_ pfn: Int, _ n: Int) -> Int {
     let align = pfn == 0 ? PageGeometry.maxOrder : pfn.trailingZeroBitCount
-    let fit = (Int.bitWidth &- 1) &- n.leadingZeroBitCount
-    return min(align, fit, PageGeometry.maxOrder)
+    return min(align, PageGeometry.floorLog2(n), PageGeometry.maxOrder)
   }
 
   // MARK: - CPUs
