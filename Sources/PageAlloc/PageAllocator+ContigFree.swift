@@ -93,7 +93,7 @@ extension PageAllocator {
     if frozen, memMap.record(p) != nil, let blk = freeBlockContaining(p) {
       // A frozen page has no reference to underflow: a range starting inside a free block
       // is found by its head. (A free block starting inside the range is caught per page.)
-      reportBad(p, .doubleFree, "page is inside a free block at \(PFN(blk.head))", op, quarantine: false)
+      reportInsideFreeBlock(p, blk.head, op)
       p = min(blk.head &+ (1 &<< blk.order), end)
     }
     while p < end {
@@ -140,7 +140,7 @@ extension PageAllocator {
         // no flags), so look them up once here.
         recheck = false
         if let blk = freeBlockContaining(q) {
-          reportBad(q, .doubleFree, "page is inside a free block at \(PFN(blk.head))", op, quarantine: false)
+          reportInsideFreeBlock(q, blk.head, op)
           let next = min(blk.head &+ (1 &<< blk.order), segEnd)
           r += next &- q
           q = next
@@ -151,7 +151,7 @@ extension PageAllocator {
       if frozen {
         ok = r.pointee.refcount.load(ordering: .relaxed) == 0
         if _slowPath(!ok) {
-          reportBad(q, .nonzeroRefcount, "nonzero _refcount", op, quarantine: true)
+          reportNonzeroRefcount(q, op)
         }
       } else {
         let old = r.pointee.refcount.wrappingSubtract(1, ordering: .acquiringAndReleasing).oldValue

@@ -17,7 +17,7 @@ extension PageAllocator {
     guard let (r, zi) = resolve(p, "freePages") else { return }
     let w = r.pointee.flags.load(ordering: .relaxed)
     if _slowPath(w & (PG.freeMask | PG.tail | PG.quarantined) != 0 || PG.order(w) != order) {
-      badFreeHead(p, w, order, "freePages")
+      classifyBadFree(p, w, .head(order: order), "freePages")
       return
     }
     let old = r.pointee.refcount.wrappingSubtract(1, ordering: .acquiringAndReleasing).oldValue
@@ -50,52 +50,26 @@ extension PageAllocator {
     guard let (r, zi) = resolve(p, "freeFrozenPages") else { return }
     let w = r.pointee.flags.load(ordering: .relaxed)
     if _slowPath(w & (PG.freeMask | PG.tail | PG.quarantined) != 0 || PG.order(w) != order) {
-      badFreeHead(p, w, order, "freeFrozenPages")
+      classifyBadFree(p, w, .head(order: order), "freeFrozenPages")
       return
     }
     if let blk = freeBlockContaining(p) {
-      reportBad(p, .doubleFree, "page is inside a free block at \(PFN(blk.head))", "freeFrozenPages", quarantine: false)
+      reportInsideFreeBlock(p, blk.head, "freeFrozenPages")
       return
     }
     if r.pointee.refcount.load(ordering: .relaxed) != 0 {
-      reportBad(p, .nonzeroRefcount, "nonzero _refcount", "freeFrozenPages", quarantine: true)
+      reportNonzeroRefcount(p, "freeFrozenPages")
       return
     }
     freeBlockChecked(p, order, zi, "freeFrozenPages")
   }
 
-  /// Classifies a bad head passed to freePages / freeFrozenPages.
-  @usableFromInline @inline(never)
-  func badFreeHead(_ p: Int, _ w: UInt32, _ order: Int, _ op: String) {
-    if w & PG.freeMask != 0 {
-      reportBad(p, .doubleFree, "nonzero mapcount", op, quarantine: false)
-    } else if w & PG.quarantined != 0 {
-      reportBad(p, .quarantined, "page is quarantined", op, quarantine: false)
-    } else if w & PG.tail != 0 {
-      reportBad(p, .compound, "freeing a tail page", op, quarantine: false)
-    } else if let blk = freeBlockContaining(p) {
-      reportBad(p, .doubleFree, "page is inside a free block at \(PFN(blk.head))", op, quarantine: false)
-    } else {
-      reportBad(
-        p, .wrongOrder, "freed at order \(order), allocated at order \(PG.order(w))", op, quarantine: false)
-    }
-  }
-
   /// Handles a reference dropped from a zero refcount: the count is restored and the free
-  /// reported; a page in use (not free) is quarantined.
+  /// classified and reported; a page in use (not free) is quarantined.
   @usableFromInline @inline(never)
   func refcountUnderflow(_ pfn: Int, _ r: UnsafeMutablePointer<PageRecord>, _ op: String) {
     r.pointee.refcount.wrappingAdd(1, ordering: .relaxed)
-    let w = r.pointee.flags.load(ordering: .relaxed)
-    if w & PG.freeMask != 0 {
-      reportBad(pfn, .doubleFree, "nonzero mapcount", op, quarantine: false)
-    } else if freeBlockContaining(pfn) != nil {
-      reportBad(pfn, .doubleFree, "page is inside a free block", op, quarantine: false)
-    } else if w & PG.quarantined != 0 {
-      reportBad(pfn, .quarantined, "page is quarantined", op, quarantine: false)
-    } else {
-      reportBad(pfn, .refcountUnderflow, "page_ref underflow: _refcount was 0", op, quarantine: true)
-    }
+    classifyBadFree(pfn, r.pointee.flags.load(ordering: .relaxed), .refcountUnderflow, op)
   }
 
   /// `free_pages_prepare()` + `__free_frozen_pages()` for a block whose head refcount is
@@ -148,7 +122,7 @@ extension PageAllocator {
       if j == 0 { qw &= PG.flagMask }
       var ok = true
       if qr.pointee.refcount.load(ordering: .relaxed) != 0 {
-        reportBad(q, .nonzeroRefcount, "nonzero _refcount", op, quarantine: true)
+        reportNonzeroRefcount(q, op)
         ok = false
       } else if qw != 0 {
         qr.pointee.flags.store(qw, ordering: .relaxed)
@@ -156,7 +130,7 @@ extension PageAllocator {
       } else if let blk = freeBlockContaining(q) {
         // Freed already (a hostile frozen range over this block): a clean-looking page
         // inside a free block must not be freed twice.
-        reportBad(q, .doubleFree, "page is inside a free block at \(PFN(blk.head))", op, quarantine: false)
+        reportInsideFreeBlock(q, blk.head, op)
         ok = false
       } else {
         qr.pointee.flags.store(0, ordering: .relaxed)
@@ -181,7 +155,7 @@ extension PageAllocator {
     let w = r.pointee.flags.load(ordering: .relaxed)
     if _fastPath(w & PG.flagMask == 0) {
       if _slowPath(r.pointee.refcount.load(ordering: .relaxed) != 0) {
-        reportBad(pfn, .nonzeroRefcount, "nonzero _refcount", op, quarantine: true)
+        reportNonzeroRefcount(pfn, op)
         return false
       }
       if w != 0 { r.pointee.flags.store(0, ordering: .relaxed) }
@@ -207,35 +181,105 @@ extension PageAllocator {
     return true
   }
 
-  /// The slow part of the order-0 prepare: a page with flags set. Returns true when the
-  /// page may be freed (its flag word is then clear).
+  /// The slow part of the order-0 prepare: a page with flags set (or any page while
+  /// poisoning or tracing is on). Returns true when the page may be freed (its flag word is
+  /// then clear).
   @usableFromInline @inline(never)
   func preparePageSlow(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ w: UInt32, _ op: String) -> Bool {
-    let f = w & PG.flagMask
-    if f == 0 {
+    if w & PG.flagMask == 0 {
       // Only an order left in the word: an unsplit non-compound head freed page by page.
       r.pointee.flags.store(0, ordering: .relaxed)
-    } else if f & PG.freeMask != 0 {
-      reportBad(pfn, .doubleFree, "nonzero mapcount", op, quarantine: false)
-      return false
-    } else if f & PG.quarantined != 0 {
-      reportBad(pfn, .quarantined, "page is quarantined", op, quarantine: false)
-      return false
-    } else if f & (PG.head | PG.tail) != 0 {
-      reportBad(pfn, .compound, "compound page freed as an order-0 page", op, quarantine: true)
-      return false
-    } else if f & PG.checkAtFree != 0 {
-      reportBad(pfn, .badState, "PAGE_FLAGS_CHECK_AT_FREE flag(s) set", op, quarantine: true)
-      return false
-    } else if f & PG.hwpoison != 0 {
-      // An order-0 HWPoison page is kept off the free lists for good, without a report.
-      r.pointee.flags.store(PG.hwpoison | PG.quarantined, ordering: .relaxed)
-      hwpoisoned.wrappingAdd(1, ordering: .relaxed)
-      quarantined.wrappingAdd(1, ordering: .relaxed)
+    } else if !classifyBadFree(pfn, w, .prepare, op) {
       return false
     }
     if poisoning { fillPoison(pfn, 1) }
     tracePageFree(pfn, 0)
     return true
+  }
+
+  // MARK: - Bad frees
+
+  /// What a free path saw that sent a page to ``classifyBadFree(_:_:_:_:)``.
+  @usableFromInline
+  enum BadFreeCheck {
+    /// `freePages`/`freeFrozenPages`: the head's flag word does not fit a block allocated
+    /// at `order` (free, a tail, quarantined, or another order).
+    case head(order: Int)
+    /// A reference was dropped from a page whose `_refcount` was zero already (and has
+    /// been restored).
+    case refcountUnderflow
+    /// `free_pages_prepare()` of an order-0 page found flags set.
+    case prepare
+  }
+
+  /// The bad-free classifier behind every free path: says what is wrong with freeing
+  /// `pfn` (flag word `w`, as the caller read it), reports it as a call of `op`, and
+  /// quarantines a page whose state makes it unsafe to hand out again.
+  ///
+  /// The flag tests come first and in the same order for every check: a free block's
+  /// head (free already), then a quarantined page (out of use for good); the lookup of a
+  /// free block around the page walks the orders, so it comes after them. A quarantined
+  /// page never lies inside a free block, so that order loses nothing. Returns true only
+  /// for a `.prepare` page whose flags forbid nothing: it may be freed.
+  @discardableResult
+  @usableFromInline @inline(never)
+  func classifyBadFree(_ pfn: Int, _ w: UInt32, _ check: BadFreeCheck, _ op: String) -> Bool {
+    let f = w & PG.flagMask
+    if f & PG.freeMask != 0 {
+      reportBad(pfn, .doubleFree, "nonzero mapcount", op, quarantine: false)
+      return false
+    }
+    if f & PG.quarantined != 0 {
+      reportBad(pfn, .quarantined, "page is quarantined", op, quarantine: false)
+      return false
+    }
+    switch check {
+    case .head(let order):
+      if f & PG.tail != 0 {
+        reportBad(pfn, .compound, "freeing a tail page", op, quarantine: false)
+      } else if let blk = freeBlockContaining(pfn) {
+        reportInsideFreeBlock(pfn, blk.head, op)
+      } else {
+        reportBad(
+          pfn, .wrongOrder, "freed at order \(order), allocated at order \(PG.order(w))", op, quarantine: false)
+      }
+      return false
+    case .refcountUnderflow:
+      if freeBlockContaining(pfn) != nil {
+        reportBad(pfn, .doubleFree, "page is inside a free block", op, quarantine: false)
+      } else {
+        reportBad(pfn, .refcountUnderflow, "page_ref underflow: _refcount was 0", op, quarantine: true)
+      }
+      return false
+    case .prepare:
+      if f & (PG.head | PG.tail) != 0 {
+        reportBad(pfn, .compound, "compound page freed as an order-0 page", op, quarantine: true)
+        return false
+      }
+      if f & PG.checkAtFree != 0 {
+        reportBad(pfn, .badState, "PAGE_FLAGS_CHECK_AT_FREE flag(s) set", op, quarantine: true)
+        return false
+      }
+      if f & PG.hwpoison != 0 {
+        // An order-0 HWPoison page is kept off the free lists for good, without a report.
+        memMap.presentRecord(pfn).pointee.flags.store(PG.hwpoison | PG.quarantined, ordering: .relaxed)
+        hwpoisoned.wrappingAdd(1, ordering: .relaxed)
+        quarantined.wrappingAdd(1, ordering: .relaxed)
+        return false
+      }
+      return true
+    }
+  }
+
+  /// Reports a free of a page that lies inside the free block at `head`: freed already.
+  @usableFromInline @inline(never)
+  func reportInsideFreeBlock(_ pfn: Int, _ head: Int, _ op: String) {
+    reportBad(pfn, .doubleFree, "page is inside a free block at \(PFN(head))", op, quarantine: false)
+  }
+
+  /// Reports and quarantines a page freed while something still holds a reference to it.
+  @usableFromInline @inline(never)
+  func reportNonzeroRefcount(_ pfn: Int, _ op: String) {
+    reportBad(pfn, .nonzeroRefcount, "nonzero _refcount", op, quarantine: true)
   }
 }
