@@ -1,9 +1,93 @@
 import Synchronization
 
-// Zone set-up at boot: `__setup_per_zone_wmarks()`, `setup_per_zone_lowmem_reserve()`,
-// and the pagesets' `zone_batchsize()`, `zone_highsize()` and `pageset_init()`.
+// Zone set-up at boot: `build_zonelists()`, `free_area_init_core()`, `memmap_init()`'s
+// reserved pages, `memblock_free_all()`, `__setup_per_zone_wmarks()`,
+// `setup_per_zone_lowmem_reserve()`, and the pagesets' `zone_batchsize()`,
+// `zone_highsize()` and `pageset_init()`.
 
 extension PageAllocator {
+  /// `build_zonelists()` for the single node: for each zone kind a request may name as its
+  /// highest, the configured zones of that kind or lower, highest first (Movable -> Normal
+  /// -> DMA32 -> DMA).
+  static func makeZonelists(_ zones: [ZoneConfiguration]) -> UnsafeMutablePointer<Int8> {
+    assert(ZoneKind.allCases.count == ZoneKind.count)
+    let zonelists = UnsafeMutablePointer<Int8>.allocate(capacity: ZoneKind.count * Zonelist.capacity)
+    zonelists.initialize(repeating: Zonelist.end, count: ZoneKind.count * Zonelist.capacity)
+    for kind in ZoneKind.allCases {
+      var i = 0
+      for (zi, z) in zones.enumerated().reversed() where z.kind <= kind {
+        zonelists[kind.rawValue * Zonelist.capacity + i] = Int8(zi)
+        i += 1
+      }
+    }
+    return zonelists
+  }
+
+  /// `free_area_init_core()`: the zones, with empty free lists and no memory yet.
+  static func makeZones(_ config: [ZoneConfiguration]) -> UnsafeMutablePointer<Zone> {
+    let zones = UnsafeMutablePointer<Zone>.allocate(capacity: config.count)
+    for (i, zc) in config.enumerated() {
+      let lists = UnsafeMutablePointer<FreeList>.allocate(capacity: FreeArea.listCount)
+      lists.initialize(
+        repeating: FreeList(head: PageRecord.nilLink, tail: PageRecord.nilLink, count: 0), count: FreeArea.listCount)
+      let reserve = UnsafeMutablePointer<Int>.allocate(capacity: ZoneKind.count)
+      reserve.initialize(repeating: 0, count: ZoneKind.count)
+      (zones + i).initialize(
+        to: Zone(
+          lock: SpinLock(word: Atomic(0)), nrFreePages: Atomic(0), index: i, kind: zc.kind,
+          start: zc.pfns.lowerBound.value, end: zc.pfns.upperBound.value, lists: lists,
+          lowmemReserve: reserve, spanned: zc.pfns.count, present: 0, managed: 0, wmarkMin: 0,
+          wmarkLow: 0, wmarkHigh: 0, wmarkPromo: 0, batch: 1, highMin: 0, highMax: 0, pgfree: 0,
+          pgalloc: 0, pgallocFailed: 0, fallbackAllocs: 0, pageblocksClaimed: 0))
+    }
+    return zones
+  }
+
+  /// `memmap_init()`'s reserved pages: the pages of present sections outside every zone
+  /// (memmap holes inside a section) are PG_reserved.
+  func markReservedPages() {
+    var pfn = memMap.basePFN
+    while pfn < memMap.endPFN {
+      if memMap.record(pfn) != nil {
+        let secEnd = memMap.sectionEnd(pfn)
+        var p = pfn
+        while p < secEnd {
+          if zoneIndexSlow(p) == nil {
+            memMap.presentRecord(p).pointee.flags.store(PG.reserved, ordering: .relaxed)
+          }
+          p += 1
+        }
+      }
+      pfn = memMap.sectionEnd(pfn)
+    }
+  }
+
+  /// Counts each zone's present pages (all of them managed), then `memblock_free_all()`:
+  /// the memory goes straight onto the free lists as max-order aligned blocks, every
+  /// pageblock Movable.
+  func freeAllMemory() {
+    for i in 0..<zoneCount {
+      let z = zones + i
+      var present = 0
+      var p = z.pointee.start
+      while p < z.pointee.end {
+        let segEnd = min(memMap.sectionEnd(p), z.pointee.end)
+        if memMap.record(p) != nil {
+          present += segEnd - p
+          var q = p
+          while q < segEnd {
+            let order = PageAllocator.chunkOrder(q, segEnd - q)
+            addToFreeList(z, q, order, MigrateType.movable.rawValue, tail: true)
+            q += 1 << order
+          }
+        }
+        p = segEnd
+      }
+      z.pointee.present = present
+      z.pointee.managed = present
+    }
+  }
+
   /// `__setup_per_zone_wmarks()` and `setup_per_zone_lowmem_reserve()`.
   func setupWatermarks() {
     // min_free_kbytes = sqrt(lowmem_kbytes * 16), clamped to [128, 262144].

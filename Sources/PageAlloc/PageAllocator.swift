@@ -31,7 +31,7 @@ public final class PageAllocator: @unchecked Sendable {
   @usableFromInline let arena: Arena
   @usableFromInline let zones: UnsafeMutablePointer<Zone>
   @usableFromInline let zoneCount: Int
-  /// pcps[cpu * zoneCount + zone], each on its own 128-byte line.
+  /// pcps[cpu * zoneCount + zone], ``pcpStride`` bytes apart.
   @usableFromInline let pcpBase: UnsafeMutableRawPointer
   @usableFromInline let cpuCount: Int
   /// zonelists[kind * Zonelist.capacity + i]: zone indices to try for a request whose
@@ -49,7 +49,15 @@ public final class PageAllocator: @unchecked Sendable {
   let faultState: LockedState<FaultInjection?>
   @usableFromInline let faultsEnabled: Atomic<Bool>
 
+  /// Bytes from one pcp to the next in ``pcpBase``: three 64-byte cache lines, of which a
+  /// ``PerCPUPages`` may fill two (``pcpSlotBytes``, checked in init). Different CPUs write
+  /// neighbouring pcps on every allocation and free, so they must not share a line; the
+  /// third line stays empty so that they do not share a 128-byte line pair either (the
+  /// adjacent-line prefetcher pulls both lines of a pair), whether ``pcpBase``, 64-byte
+  /// aligned, starts a pair or not.
   @usableFromInline static let pcpStride = 192
+  /// The bytes of a pcp slot a ``PerCPUPages`` may use: all but the empty line.
+  static let pcpSlotBytes = 128
 
   /// Creates an allocator with all zone memory free.
   ///
@@ -114,75 +122,12 @@ public final class PageAllocator: @unchecked Sendable {
     faultState = LockedState(nil)
     faultsEnabled = Atomic(false)
 
-    // Zonelists: for each highest kind, the configured zones of that kind or lower, highest
-    // first (Movable -> Normal -> DMA32 -> DMA).
-    assert(ZoneKind.allCases.count == ZoneKind.count)
-    zonelists = .allocate(capacity: ZoneKind.count * Zonelist.capacity)
-    zonelists.initialize(repeating: Zonelist.end, count: ZoneKind.count * Zonelist.capacity)
-    for kind in ZoneKind.allCases {
-      var i = 0
-      for (zi, z) in c.zones.enumerated().reversed() where z.kind <= kind {
-        zonelists[kind.rawValue * Zonelist.capacity + i] = Int8(zi)
-        i += 1
-      }
-    }
-
-    zones = .allocate(capacity: c.zones.count)
-    for (i, zc) in c.zones.enumerated() {
-      let lists = UnsafeMutablePointer<FreeList>.allocate(capacity: FreeArea.listCount)
-      lists.initialize(
-        repeating: FreeList(head: PageRecord.nilLink, tail: PageRecord.nilLink, count: 0), count: FreeArea.listCount)
-      let reserve = UnsafeMutablePointer<Int>.allocate(capacity: ZoneKind.count)
-      reserve.initialize(repeating: 0, count: ZoneKind.count)
-      (zones + i).initialize(
-        to: Zone(
-          lock: SpinLock(word: Atomic(0)), nrFreePages: Atomic(0), index: i, kind: zc.kind,
-          start: zc.pfns.lowerBound.value, end: zc.pfns.upperBound.value, lists: lists,
-          lowmemReserve: reserve, spanned: zc.pfns.count, present: 0, managed: 0, wmarkMin: 0,
-          wmarkLow: 0, wmarkHigh: 0, wmarkPromo: 0, batch: 1, highMin: 0, highMax: 0, pgfree: 0,
-          pgalloc: 0, pgallocFailed: 0, fallbackAllocs: 0, pageblocksClaimed: 0))
-    }
+    zonelists = PageAllocator.makeZonelists(c.zones)
+    zones = PageAllocator.makeZones(c.zones)
+    precondition(MemoryLayout<PerCPUPages>.size <= PageAllocator.pcpSlotBytes)
     pcpBase = .allocate(byteCount: PageAllocator.pcpStride * c.cpuCount * c.zones.count, alignment: 64)
-
-    // Reserved records: pages of present sections outside every zone (memmap holes inside
-    // a section) are PG_reserved, as the kernel's memmap_init marks them.
-    var pfn = base
-    while pfn < end {
-      if memMap.record(pfn) != nil {
-        let secEnd = memMap.sectionEnd(pfn)
-        var p = pfn
-        while p < secEnd {
-          if zoneIndexSlow(p) == nil {
-            memMap.presentRecord(p).pointee.flags.store(PG.reserved, ordering: .relaxed)
-          }
-          p += 1
-        }
-      }
-      pfn = memMap.sectionEnd(pfn)
-    }
-
-    // Present and managed pages, then the free memory (memblock_free_all: max-order aligned
-    // blocks straight onto the free lists, all pageblocks Movable).
-    for i in 0..<zoneCount {
-      let z = zones + i
-      var present = 0
-      var p = z.pointee.start
-      while p < z.pointee.end {
-        let segEnd = min(memMap.sectionEnd(p), z.pointee.end)
-        if memMap.record(p) != nil {
-          present += segEnd - p
-          var q = p
-          while q < segEnd {
-            let order = PageAllocator.chunkOrder(q, segEnd &- q)
-            addToFreeList(z, q, order, MigrateType.movable.rawValue, tail: true)
-            q += 1 << order
-          }
-        }
-        p = segEnd
-      }
-      z.pointee.present = present
-      z.pointee.managed = present
-    }
+    markReservedPages()
+    freeAllMemory()
     setupWatermarks()
     setupPageSets()
   }
