@@ -63,7 +63,7 @@ public final class PageAllocator: @unchecked Sendable {
   ///
   /// - Throws: ``ConfigurationError`` for an invalid configuration or when the memory
   ///   cannot be mapped.
-  public init(configuration: Configuration) throws {
+  public init(configuration: Configuration) throws(ConfigurationError) {
     let c = configuration
     guard !c.zones.isEmpty else { throw ConfigurationError.noZones }
     let sp = c.sectionPages

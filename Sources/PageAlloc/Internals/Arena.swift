@@ -13,7 +13,7 @@ struct Arena {
   /// The memfd, or -1.
   @usableFromInline let fd: Int32
 
-  init(backing: Backing, basePFN: Int, endPFN: Int) throws {
+  init(backing: Backing, basePFN: Int, endPFN: Int) throws(ConfigurationError) {
     self.basePFN = basePFN
     let bytes = (endPFN - basePFN) * PageGeometry.pageSize
     self.bytes = bytes

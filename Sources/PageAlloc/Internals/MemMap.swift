@@ -34,7 +34,7 @@ struct MemMap {
   /// PB_migrate_isolate: the pageblock is isolated; its free blocks are on the Isolate lists.
   @usableFromInline static let isolateBit: UInt8 = 1 << 3
 
-  init(basePFN: Int, endPFN: Int, sectionShift: Int, present: (Int) -> Bool) throws {
+  init(basePFN: Int, endPFN: Int, sectionShift: Int, present: (Int) -> Bool) throws(ConfigurationError) {
     self.basePFN = basePFN
     self.endPFN = endPFN
     self.sectionShift = sectionShift
