@@ -2,6 +2,27 @@
 // /proc/pagetypeinfo print (`zoneinfo_show_print()`, `frag_show_print()`,
 // `pagetypeinfo_showblockcount_print()`), and the free blocks themselves.
 
+/// A snapshot of one CPU's pageset for one zone: what /proc/zoneinfo prints under
+/// "pagesets" (pages).
+public struct PageSetStatistics: Sendable, Hashable {
+  /// Pages on the pcp lists.
+  public var count: Int
+  /// The drain threshold now, tuned between ``highMin`` and ``highMax``.
+  public var high: Int
+  /// Blocks moved per refill or drain step.
+  public var batch: Int
+  public var highMin: Int
+  public var highMax: Int
+
+  public init(count: Int, high: Int, batch: Int, highMin: Int, highMax: Int) {
+    self.count = count
+    self.high = high
+    self.batch = batch
+    self.highMin = highMin
+    self.highMax = highMax
+  }
+}
+
 /// A snapshot of one zone's counters.
 public struct ZoneStatistics: Sendable, Hashable {
   public var kind: ZoneKind
@@ -35,17 +56,8 @@ public struct ZoneStatistics: Sendable, Hashable {
   public var batch: Int
   public var highMin: Int
   public var highMax: Int
-  /// Per-CPU: (count, high, batch, highMin, highMax).
-  public var pagesets: [(count: Int, high: Int, batch: Int, highMin: Int, highMax: Int)]
-
-  public static func == (a: ZoneStatistics, b: ZoneStatistics) -> Bool {
-    a.kind == b.kind && a.freeBlocksByType == b.freeBlocksByType && a.pgalloc == b.pgalloc && a.pgfree == b.pgfree
-      && a.pcpPages == b.pcpPages
-  }
-  public func hash(into h: inout Hasher) {
-    h.combine(kind)
-    h.combine(freeBlocksByType)
-  }
+  /// One pageset per CPU, by CPU.
+  public var pagesets: [PageSetStatistics]
 }
 
 extension PageAllocator {
@@ -144,14 +156,17 @@ extension PageAllocator {
     var out: [ZoneStatistics] = []
     for i in 0..<zoneCount {
       let z = zones + i
-      var pagesets: [(Int, Int, Int, Int, Int)] = []
+      var pagesets: [PageSetStatistics] = []
       var pcpPages = 0
       var pcpAlloc = 0
       var pcpFree = 0
       for cpu in 0..<cpuCount {
         let p = pcp(cpu * zoneCount + i)
         p.pointee.lock.lock()
-        pagesets.append((p.pointee.count, p.pointee.high, p.pointee.batch, p.pointee.highMin, p.pointee.highMax))
+        pagesets.append(
+          PageSetStatistics(
+            count: p.pointee.count, high: p.pointee.high, batch: p.pointee.batch, highMin: p.pointee.highMin,
+            highMax: p.pointee.highMax))
         pcpPages += p.pointee.count
         pcpAlloc += p.pointee.pgalloc
         pcpFree += p.pointee.pgfree
