@@ -46,6 +46,7 @@ public struct FaultInjection: Sendable, Hashable {
   public var seed: UInt64
 
   /// The older name of ``ignoreHighmem``.
+  @available(*, deprecated, renamed: "ignoreHighmem")
   public var ignoreHighUserMovable: Bool {
     get { ignoreHighmem }
     set { ignoreHighmem = newValue }
@@ -53,7 +54,7 @@ public struct FaultInjection: Sendable, Hashable {
 
   public init(
     probability: Int, interval: Int = 1, times: Int = -1, minOrder: Int = 0,
-    ignoreNoWarn: Bool = false, ignoreHighUserMovable: Bool = false,
+    ignoreNoWarn: Bool = false, ignoreHighmem: Bool = false,
     ignoreDirectReclaim: Bool = false, space: Int = 0, seed: UInt64 = 1
   ) {
     self.probability = min(max(probability, 0), 100)
@@ -61,7 +62,7 @@ public struct FaultInjection: Sendable, Hashable {
     self.times = times
     self.minOrder = minOrder
     self.ignoreNoWarn = ignoreNoWarn
-    self.ignoreHighmem = ignoreHighUserMovable
+    self.ignoreHighmem = ignoreHighmem
     self.ignoreDirectReclaim = ignoreDirectReclaim
     self.space = max(space, 0)
     self.seed = seed

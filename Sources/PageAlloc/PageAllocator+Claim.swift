@@ -1,7 +1,7 @@
 // Claiming exact pages: taking given free pages out of the allocator without going through
 // the allocation policy, to reproduce "the kernel handed out these pages" from a trace.
 
-/// The outcome of ``PageAllocator/claimFreeRange(_:count:)``.
+/// The outcome of ``PageAllocator/claimFreeRange(_:count:account:)``.
 package enum ClaimResult: Equatable {
   case claimed
   /// Some page is not free (in use, quarantined, reserved, or in a hole).
@@ -50,11 +50,11 @@ extension PageAllocator {
     case .someOnPcp:
       z.pointee.lock.unlock()
     }
-    for cpu in 0..<cpuCount { pcp(cpu &* zoneCount &+ zi).pointee.lock.lock() }
+    for cpu in 0..<cpuCount { pcp(cpu * zoneCount + zi).pointee.lock.lock() }
     z.pointee.lock.lock()
     defer {
       z.pointee.lock.unlock()
-      for cpu in 0..<cpuCount { pcp(cpu &* zoneCount &+ zi).pointee.lock.unlock() }
+      for cpu in 0..<cpuCount { pcp(cpu * zoneCount + zi).pointee.lock.unlock() }
     }
     if coveringBlocks(pfn, end) == .busy { return .busy }
     claimLocked(z, zi, pfn, end, account)
@@ -141,7 +141,7 @@ extension PageAllocator {
       b = rb.pointee.next
     }
     for cpu in 0..<cpuCount {
-      let pc = pcp(cpu &* zoneCount &+ zi)
+      let pc = pcp(cpu * zoneCount + zi)
       for li in 0..<PCPList.count where pindexToOrder(li) == order {
         let l = pc.pointee.lists + li
         if (head != PageRecord.nilLink && l.pointee.head == head)

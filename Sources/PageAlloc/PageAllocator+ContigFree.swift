@@ -103,6 +103,8 @@ extension PageAllocator {
       }
       let z = zones + zi
       let segEnd = min(end, memMap.sectionEnd(p), z.pointee.end)
+      // Two calls with literal arguments: each inlined copy of freeSegment folds its
+      // `frozen` tests away, so the per-page loop carries no branch on it.
       if frozen {
         freeSegment(p, segEnd, zi, frozen: true, op)
       } else {

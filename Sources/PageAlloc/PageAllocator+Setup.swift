@@ -174,7 +174,7 @@ extension PageAllocator {
             lock: SpinLock(word: Atomic(0)), lists: lists, count: 0, high: highMin,
             highMin: highMin, highMax: highMax, batch: batch, freeCount: 0, allocFactor: 0,
             prevFreeHighOrder: false, drainCursor: 0, pgalloc: 0, pgfree: 0, refills: 0,
-            drains: 0, trylockFailures: 0))
+            drains: 0))
       }
     }
   }

@@ -46,7 +46,7 @@ import PageAllocTestSupport
     #expect(!fails(all, order: 0, [.kernel, .noFail]), "__GFP_NOFAIL is never failed")
     #expect(!fails(FaultInjection(probability: 100, minOrder: 1), order: 0, .kernel))
     #expect(fails(FaultInjection(probability: 100, minOrder: 1), order: 1, .kernel))
-    let highmem = FaultInjection(probability: 100, ignoreHighUserMovable: true)
+    let highmem = FaultInjection(probability: 100, ignoreHighmem: true)
     #expect(!fails(highmem, order: 0, .highUserMovable))
     #expect(!fails(highmem, order: 0, [.kernel, .highmem]), "any __GFP_HIGHMEM, as ignore-gfp-highmem")
     #expect(fails(highmem, order: 0, .kernel))

@@ -30,7 +30,9 @@ struct SpinLock: ~Copyable {
       if word.load(ordering: .relaxed) == 0 && tryLock() { return }
       spins &+= 1
       if spins < 64 {
-        // A short busy wait; the holder is usually running on the other CPU.
+        // A short busy wait, since the holder is usually running on another CPU; the
+        // pause hint keeps the wait cheap for that CPU and for a sibling hyperthread.
+        cpa_cpu_relax()
       } else {
         sched_yield()
       }

@@ -82,7 +82,6 @@ struct PerCPUPages: ~Copyable {
   @usableFromInline var pgfree: Int
   @usableFromInline var refills: Int
   @usableFromInline var drains: Int
-  @usableFromInline var trylockFailures: Int
 }
 
 /// The lists of a pcp, as the kernel's with THP: one per pcp migratetype for each order up
