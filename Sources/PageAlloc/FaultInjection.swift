@@ -45,7 +45,7 @@ public struct FaultInjection: Sendable, Hashable {
   /// Seed of the deterministic random sequence.
   public var seed: UInt64
 
-  /// The older name of ``ignoreHighmem``.
+  /// ``ignoreHighmem`` under the name callers used first; kept so they still compile.
   @available(*, deprecated, renamed: "ignoreHighmem")
   public var ignoreHighUserMovable: Bool {
     get { ignoreHighmem }
