@@ -4,8 +4,8 @@ import PageAllocVMalloc
 import Glibc
 
 /// The `vmalloc` bench suite: the cases of the kernel's lib/test_vmalloc.c that apply here
-/// (kernel-model.md 4.1), each run with vfree's per-page free path and with the series'
-/// bulk path (``PageAllocator/freePagesBulk(_:)``), and beside them the same sizes with
+/// (the test cases of `test_vmalloc.c`), each run with vfree's per-page free path and with the series'
+/// bulk path (`PageAllocator.freePagesBulk(_:)`), and beside them the same sizes with
 /// plain `mmap`/`munmap` and with `malloc`/`free`, what a Swift program would use instead.
 ///
 /// Like the kernel module, each case is timed whole (setup, loop and teardown) and reported
@@ -23,7 +23,7 @@ public enum VMallocBench {
     case mmap
     case malloc
     /// The page work alone: `vm_area_alloc_pages()` and the per-page free, no mapping
-    /// (pages touched through ``PageAllocator/address(of:)``).
+    /// (pages touched through `PageAllocator.address(of:)`).
     case pagesPerPage = "pages-per-page"
     /// The page work alone with `free_pages_bulk()`.
     case pagesBulk = "pages-bulk"
@@ -288,7 +288,7 @@ public enum VMallocBench {
     return results
   }
 
-  /// The ratios of each case, from ``run(quick:)``'s results.
+  /// The ratios of each case, from ``run(quick:prefault:)``'s results.
   public static func ratios(_ results: [BenchResult]) -> [Ratio] {
     var out: [Ratio] = []
     for r in results where r.suite == "vmalloc" && r.variant.hasSuffix(" bulk") {
