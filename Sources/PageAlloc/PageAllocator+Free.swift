@@ -553,7 +553,7 @@ extension PageAllocator {
   }
 
   /// `__free_contig_range()`: ``freeContigRange(_:count:)`` without the compound-head
-  /// refusal (what vmalloc's vfree uses through ``freePagesBulk(_:)``).
+  /// refusal (what vmalloc's vfree uses through ``freePagesBulk(_:)-([PFN])``).
   public func freeContigRangeUnchecked(_ pfn: PFN, count: Int) {
     guard count > 0 else { return }
     freeContigCommon(pfn.value, count, frozen: false, "freeContigRange")
