@@ -58,10 +58,10 @@ public struct BenchError: Error, CustomStringConvertible, Sendable {
 /// One suite of `pagealloc bench`: a name, what it measures, and its kernel.
 ///
 /// The kernel calls the allocator's `@inlinable` entry points (so its hot loops are
-/// specialised and inlined with the allocator), returns its figures as ``BenchResult`` values, and must check its
-/// own result before returning: every page back (`PageAllocator.freePageCount`),
-/// `PageAllocator.verify()` clean, no bad-page report. ``ratios`` turns its results into
-/// the named ratios of the JSON output.
+/// specialised and inlined with the allocator), returns its figures as ``BenchResult``
+/// values, and must check its own result before returning: every page back
+/// (`PageAllocator.freePageCount`), `PageAllocator.verify()` clean, no bad-page report.
+/// ``ratios`` turns its results into the named ratios of the JSON output.
 public struct BenchSuite: Sendable {
   public let name: String
   public let summary: String
