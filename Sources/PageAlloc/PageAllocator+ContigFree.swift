@@ -31,7 +31,7 @@ extension PageAllocator {
   }
 
   /// `__free_contig_range()`: ``freeContigRange(_:count:)`` without the compound-head
-  /// refusal (what vmalloc's vfree uses through ``freePagesBulk(_:)``).
+  /// refusal (what vmalloc's vfree uses through ``freePagesBulk(_:)-([PFN])``).
   public func freeContigRangeUnchecked(_ pfn: PFN, count: Int) {
     guard count > 0 else { return }
     freeContigCommon(pfn.value, count, frozen: false, "freeContigRange")
@@ -71,7 +71,7 @@ extension PageAllocator {
     pfns.withUnsafeBufferPointer { freePagesBulk($0) }
   }
 
-  /// ``freePagesBulk(_:)`` over a buffer.
+  /// ``freePagesBulk(_:)-([PFN])`` over a buffer.
   public func freePagesBulk(_ pfns: UnsafeBufferPointer<PFN>) {
     let n = pfns.count
     var i = 0

@@ -15,7 +15,7 @@ import Synchronization
 /// fails here. Frees go to a per-CPU list (orders 0-3 and 9) or to the zone's buddy free
 /// lists, merging with free buddies. The chunked free of the 2026 series
 /// (``freeContigRange(_:count:)``, ``freeContigFrozenRange(_:count:)``,
-/// ``freePagesBulk(_:)``) frees a range of order-0 pages as the largest aligned
+/// ``freePagesBulk(_:)-([PFN])``) frees a range of order-0 pages as the largest aligned
 /// power-of-two chunks.
 ///
 /// Thread safety: every method may be called from any thread. Each zone has a lock and each

@@ -1,8 +1,9 @@
-/// What every suite of `pagealloc bench` is given: iteration counts, the order, threads,
-/// and a progress callback.
 @_spi(Benchmark) import PageAlloc
 import _PageAllocUtilities
 import PageAllocVMalloc
+
+/// What every suite of `pagealloc bench` is given: iteration counts, the order, threads,
+/// and a progress callback.
 public struct BenchOptions: Sendable {
   /// Iterations for every selected suite; nil means each suite's own default
   /// (``BenchSuite/defaultIterations``, or ``BenchSuite/quickIterations`` with ``quick``).
@@ -56,11 +57,11 @@ public struct BenchError: Error, CustomStringConvertible, Sendable {
 
 /// One suite of `pagealloc bench`: a name, what it measures, and its kernel.
 ///
-/// The kernel lives in the PageAlloc module (so its hot loops are specialised and inlined
-/// with the allocator), returns its figures as ``BenchResult`` values, and must check its
-/// own result before returning: every page back (``PageAllocator/freePageCount``),
-/// ``PageAllocator/verify()`` clean, no bad-page report. ``ratios`` turns its results into
-/// the named ratios of the JSON output.
+/// The kernel calls the allocator's `@inlinable` entry points (so its hot loops are
+/// specialised and inlined with the allocator), returns its figures as ``BenchResult``
+/// values, and must check its own result before returning: every page back
+/// (`PageAllocator.freePageCount`), `PageAllocator.verify()` clean, no bad-page report.
+/// ``ratios`` turns its results into the named ratios of the JSON output.
 public struct BenchSuite: Sendable {
   public let name: String
   public let summary: String
@@ -134,7 +135,7 @@ func benchAllocator(_ suite: String, pages: Int = 1 << 16, cpuCount: Int = 2) th
 }
 
 /// The check every suite runs before its figure counts: the free page count is back to
-/// `startFree`, no bad page was reported, and ``PageAllocator/verify()`` passes.
+/// `startFree`, no bad page was reported, and `PageAllocator.verify()` passes.
 public func benchCheckRestored(_ a: PageAllocator, startFree: Int, suite: String, variant: String) throws {
   let free = a.freePageCount
   if free != startFree {

@@ -1,22 +1,23 @@
+@_spi(Benchmark) import PageAlloc
+import _PageAllocUtilities
+import PageAllocVMalloc
+
 /// The `cma` benchmark kernel: the series' CMA measurement (patch 3/3: 16384-page ranges
 /// allocated through alloc_contig_range and released, 1406 µs -> 402 µs per iteration on
 /// the authors' machine), in user space.
 ///
 /// Each iteration allocates the 16384 pages `[16384, 32768)` of a 64 Ki-page Normal zone
-/// with ``PageAllocator/allocContigRange(_:gfp:)`` (isolation, drain, take, undo) and
+/// with `PageAllocator.allocContigRange(_:gfp:)` (isolation, drain, take, undo) and
 /// releases them. Variants:
-/// - `per-page`: released one page at a time with ``PageAllocator/putPage(_:)`` (the
+/// - `per-page`: released one page at a time with `PageAllocator.putPage(_:)` (the
 ///   pre-series free_contig_range loop of `__free_page`);
-/// - `contig`: released with ``PageAllocator/freeContigRange(_:count:)`` (chunked);
+/// - `contig`: released with `PageAllocator.freeContigRange(_:count:)` (chunked);
 /// - `frozen-per-page` / `frozen-contig`: the frozen pair (CMA's own path):
-///   ``PageAllocator/allocContigFrozenRange(_:gfp:)`` then `freeFrozenPages(_, order: 0)` per
-///   page, or ``PageAllocator/freeContigFrozenRange(_:count:)``.
+///   `PageAllocator.allocContigFrozenRange(_:gfp:)` then `freeFrozenPages(_, order: 0)` per
+///   page, or `PageAllocator.freeContigFrozenRange(_:count:)`.
 ///
 /// `totalNanoseconds` covers allocation and release; `extra["alloc_ns"]` and
 /// `extra["release_ns"]` split it per iteration. Memory backing is `.none` (metadata only).
-@_spi(Benchmark) import PageAlloc
-import _PageAllocUtilities
-import PageAllocVMalloc
 public enum CMABench {
   public static let rangePages = 16384
 

@@ -11,7 +11,7 @@ import Synchronization
 /// per iteration, loop overhead included (an upper bound; an empty comparison loop is
 /// deleted by the optimizer, so none is reported).
 ///
-/// With no sink each trace point is one relaxed load of ``PageAllocator/tracing`` and a
+/// With no sink each trace point is one relaxed load of `PageAllocator.tracing` and a
 /// branch the predictor always gets right; freeContigRange reads the flag once per
 /// section segment, not once per page. The figures show it: `no-sink` and
 /// `no-sink-after-removal` match, `sink` pays for building and delivering every event.

@@ -3,9 +3,9 @@ import _PageAllocUtilities
 import PageAllocVMalloc
 import Glibc
 
-/// The `vmalloc` bench suite: the cases of the kernel's lib/test_vmalloc.c that apply here
-/// (kernel-model.md 4.1), each run with vfree's per-page free path and with the series'
-/// bulk path (``PageAllocator/freePagesBulk(_:)``), and beside them the same sizes with
+/// The `vmalloc` bench suite: the cases of the kernel's lib/test_vmalloc.c that apply here,
+/// each run with vfree's per-page free path and with the series' bulk path
+/// (`PageAllocator.freePagesBulk(_:)`), and beside them the same sizes with
 /// plain `mmap`/`munmap` and with `malloc`/`free`, what a Swift program would use instead.
 ///
 /// Like the kernel module, each case is timed whole (setup, loop and teardown) and reported
@@ -13,8 +13,9 @@ import Glibc
 /// the kernel), `full_fit_alloc_test` keeps 8192 junk pairs (the kernel: fls(CPUs) × 8192)
 /// so its live one-page areas stay inside the map-count budget, and
 /// `random_size_align_alloc_test` draws alignments up to 2^21 (the pageblock size, this
-/// vmalloc's limit) instead of 2^22. `fix_size_alloc_test` touches every page, as the issue
-/// asks (the kernel writes one byte); the others write the first byte, as the kernel does.
+/// vmalloc's limit) instead of 2^22. `fix_size_alloc_test` touches every page, so its
+/// buffers are really used (the kernel writes one byte); the others write the first byte,
+/// as the kernel does.
 public enum VMallocBench {
   /// A free path or a comparison.
   public enum Variant: String, Sendable, CaseIterable {
@@ -23,7 +24,7 @@ public enum VMallocBench {
     case mmap
     case malloc
     /// The page work alone: `vm_area_alloc_pages()` and the per-page free, no mapping
-    /// (pages touched through ``PageAllocator/address(of:)``).
+    /// (pages touched through `PageAllocator.address(of:)`).
     case pagesPerPage = "pages-per-page"
     /// The page work alone with `free_pages_bulk()`.
     case pagesBulk = "pages-bulk"
@@ -288,7 +289,7 @@ public enum VMallocBench {
     return results
   }
 
-  /// The ratios of each case, from ``run(quick:)``'s results.
+  /// The ratios of each case, from ``run(quick:prefault:)``'s results.
   public static func ratios(_ results: [BenchResult]) -> [Ratio] {
     var out: [Ratio] = []
     for r in results where r.suite == "vmalloc" && r.variant.hasSuffix(" bulk") {

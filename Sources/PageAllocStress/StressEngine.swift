@@ -21,7 +21,7 @@ public struct StressConfiguration: Sendable {
   public var badFreeRate: Double
   /// Injected allocation failures (fail_page_alloc), percent of allocations (0: off).
   public var faultPercent: Int
-  /// Worker 0 runs ``PageAllocator/verify()`` (with every worker paused) every this many
+  /// Worker 0 runs `PageAllocator.verify()` (with every worker paused) every this many
   /// of its operations; 0: only at the end.
   public var verifyEvery: Int
   /// Pages of memory: a 4096-page DMA zone, the rest Normal, with a one-section hole in the
@@ -84,7 +84,7 @@ public struct StressSummary: Sendable, CustomStringConvertible {
   /// Reports produced by the deliberate bad frees (one per bad free when all is well).
   public var badFreeReports: Int
   public var badFreesByKind: [String: Int]
-  /// ``PageAllocator/badPageCount`` at the end.
+  /// `PageAllocator.badPageCount` at the end.
   public var badPages: Int
   /// Reports not explained by a deliberate bad free (0 for a sound allocator).
   public var unexpectedBadPages: Int
@@ -148,7 +148,7 @@ public struct StressSummary: Sendable, CustomStringConvertible {
 /// `freeContigRange` of whole and partial runs, `freeContigFrozenRange`, `allocPagesBulk` /
 /// `freePagesBulk` (sorted and shuffled), `allocContigPages` / `allocContigRange`,
 /// `drainAllPages`, plus any ``StressExtension``. Allocation failures are injected with
-/// ``FaultInjection``. With ``StressConfiguration/badFreeRate`` it also frees deliberately
+/// `FaultInjection`. With ``StressConfiguration/badFreeRate`` it also frees deliberately
 /// wrong (see ``StressEngine/BadFree``) and checks each one is reported.
 public enum StressEngine {
   /// The deliberate bad frees of bad-free mode.

@@ -1,4 +1,8 @@
-/// The vmalloc part of `pagealloc stress` (issue 6): each worker thread vmallocs and vfrees
+import PageAlloc
+import _PageAllocUtilities
+import PageAllocVMalloc
+
+/// The vmalloc part of `pagealloc stress`: each worker thread vmallocs and vfrees
 /// areas of random sizes and vmaps pages it allocated itself, checking every byte pattern it
 /// wrote through one address through the other.
 ///
@@ -6,26 +10,23 @@
 ///   size; one in five with a start alignment of 4 KiB...2 MiB (checked), one in four with
 ///   `.zero` (checked zero through the vmalloc address before anything is written). A pattern
 ///   is written through the vmalloc address (the first and last word of every page) and read
-///   back through ``PageAllocator/address(of:)`` of each page from ``VMalloc/pages(of:)``
-///   before the area is freed, by either ``VMalloc/FreePath``.
+///   back through `PageAllocator.address(of:)` of each page from `VMalloc.pages(of:)`
+///   before the area is freed, by either `VMalloc.FreePath`.
 /// - vmap: 1...64 pages the worker allocated (order-0 pages and split order-1...3 blocks,
 ///   sometimes shuffled), a pattern written through `address(of:)` checked through the vmap
 ///   address, a second one written through the vmap address checked through `address(of:)`
-///   before ``VMalloc/vunmap(_:)``; the pages are then freed with `freePagesBulk` or one
+///   before `VMalloc.vunmap(_:)`; the pages are then freed with `freePagesBulk` or one
 ///   `putPage` each.
 /// - check: a random live area's patterns re-read while other workers run.
 ///
 /// Injected allocation failures make vmalloc return nil (counted, not a failure). At the end
 /// every area is freed; ``report()`` fails the run on any pattern mismatch, a misaligned
 /// area, a refused vfree/vunmap, or anything VMalloc still holds (areas, pages, charged
-/// mappings, `rw` mappings in its window, a failed ``VMalloc/verify()``); the engine's own
+/// mappings, `rw` mappings in its window, a failed `VMalloc.verify()`); the engine's own
 /// leak check counts the pages.
 ///
-/// Each worker keeps its areas in its own ``ThreadState`` and draws every choice from the
+/// Each worker keeps its areas in its own `ThreadState` and draws every choice from the
 /// worker's random stream, so a single-thread run is as deterministic as the engine.
-import PageAlloc
-import _PageAllocUtilities
-import PageAllocVMalloc
 public final class VMallocStressExtension: StressExtension, @unchecked Sendable {
   public let name = "vmalloc"
   public let weight: Int
@@ -94,7 +95,7 @@ public final class VMallocStressExtension: StressExtension, @unchecked Sendable 
     self.weight = weight
   }
 
-  /// Builds the ``VMalloc`` over the run's allocator (which must be memfd-backed) and one
+  /// Builds the `VMalloc` over the run's allocator (which must be memfd-backed) and one
   /// state per worker. Each worker may hold up to 1/8 of its share of the pages (at most
   /// 4096) in areas.
   public func prepare(_ allocator: PageAllocator, threads: Int) throws {

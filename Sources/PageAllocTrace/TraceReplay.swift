@@ -67,7 +67,7 @@ public struct ReplayReport: Sendable {
   /// nr_free per order 0...10 for each zone.
   public var buddyCounts: [[Int]]
   /// Per pageblock of the zone: the pages still allocated at the end, by the migratetype
-  /// of their mm_page_alloc line (0...5; index 6: unknown). For ``FragmentationMap``.
+  /// of their mm_page_alloc line (0...5; index 6: unknown). For `FragmentationMap`.
   public var allocatedByType: [[Int]]
   /// Reading (and inflating) the file.
   public var readSeconds: Double
@@ -142,7 +142,7 @@ public struct ReplayReport: Sendable {
 
 /// Replays a kernel kmem trace into a fresh allocator (backing `.none`).
 ///
-/// Semantics (issue 4):
+/// Semantics:
 /// 1. Used: `mm_page_alloc` (pfn, order; failures with page=0/pfn=0 skipped) and
 ///    `mm_page_free` (pfn, order). `mm_page_free_batched` accompanies an `mm_page_free` of
 ///    the same page and is not a second free. Every other line is ignored and counted.
@@ -151,7 +151,7 @@ public struct ReplayReport: Sendable {
 /// 3. A first pass marks every page whose first event is a free as allocated before the
 ///    trace began (order-0 pages, claimed before the replay starts); all others start free.
 /// 4. An alloc claims exactly its pages wherever they are free (a pcp list, or inside a
-///    larger buddy block, split as needed) with ``PageAllocator/claimFreeRange(_:count:)``;
+///    larger buddy block, split as needed) with `PageAllocator.claimFreeRange(_:count:)`;
 ///    a page that is not free is the anomaly `alloc-busy` and the event is skipped. A free
 ///    releases its pages through the normal free path on the pcp of the CPU named in the
 ///    line (`freePages(_:order: 0)` for one page, `freeContigRange` for a block, which frees

@@ -20,7 +20,8 @@ extension VMalloc {
   ///   - gfp: page flags; `.zero` zeroes the memory (`vzalloc`), `.comp` is ignored.
   ///   - align: start alignment, a power of two up to the pageblock size (2 MiB); smaller
   ///     than a page means a page.
-  ///   - file, line: the caller tag shown by ``vmallocInfo()``.
+  ///   - file: the caller's file, shown by ``vmallocInfo()``.
+  ///   - line: the caller's line, shown by ``vmallocInfo()``.
   /// - Complexity: O(pages) plus one `mmap` per contiguous run.
   public func vmalloc(
     _ size: Int, gfp: GFP = .kernel, align: Int = PageGeometry.pageSize, file: StaticString = #fileID,
@@ -81,7 +82,7 @@ extension VMalloc {
     return nil
   }
 
-  /// `vm_area_alloc_pages()`: see ``PageAllocator/allocVmallocPages(_:gfp:into:)``.
+  /// `vm_area_alloc_pages()`: see ``PageAlloc/PageAllocator/allocVmallocPages(_:gfp:into:)``.
   @discardableResult
   public func allocAreaPages(_ n: Int, gfp: GFP, into pages: inout [PFN]) -> Int {
     allocator.allocVmallocPages(n, gfp: gfp, into: &pages)

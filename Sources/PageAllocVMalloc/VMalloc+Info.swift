@@ -49,7 +49,7 @@ extension VMalloc {
     return s.count >= 16 ? s : String(repeating: "0", count: 16 - s.count) + s
   }
 
-  /// Checks the window and the area table and throws a ``VerificationError`` on the first
+  /// Checks the window and the area table and throws a `VerificationError` on the first
   /// broken invariant: free extents sorted, disjoint, merged and inside the window; every
   /// area's slot inside the window and disjoint from the free extents and other slots;
   /// free plus slotted pages equal the window; charged mappings equal the areas' charges;

@@ -22,22 +22,22 @@ public enum VMallocError: Error, Equatable, CustomStringConvertible {
 }
 
 /// vmalloc over real memory (`mm/vmalloc.c`): virtually contiguous, writable buffers built
-/// from a ``PageAllocator``'s scattered pages.
+/// from a `PageAllocator`'s scattered pages.
 ///
 /// The allocator's memory is a memfd. ``vmalloc(_:gfp:align:file:line:)`` takes pages with
 /// the kernel's `vm_area_alloc_pages()` strategy (high orders first, each block split to
 /// order-0 pages, then bulk order-0), picks a slot in a reserved `PROT_NONE` address window
-/// (``AddressWindow``; one guard page after every area), and maps each physically
+/// (`AddressWindow`; one guard page after every area), and maps each physically
 /// contiguous run of the pages there with one `mmap(MAP_SHARED | MAP_FIXED)` of the memfd.
 /// The same bytes are then reachable through the vmalloc address and through
-/// ``PageAllocator/address(of:)`` of each page. ``vfree(_:freePath:)`` puts `PROT_NONE`
-/// back over the area, then gives the pages back with ``PageAllocator/freePagesBulk(_:)``
+/// `PageAllocator.address(of:)` of each page. ``vfree(_:freePath:)`` puts `PROT_NONE`
+/// back over the area, then gives the pages back with `PageAllocator.freePagesBulk(_:)`
 /// (the series' patch 2/3) or, for comparison, one `__free_page` at a time.
 ///
 /// Departures from the kernel: no lazy purge of freed areas (the unmap is immediate, one
 /// `mmap` per area); no huge mappings; alignment is capped at the pageblock size; the
-/// process's `vm.max_map_count` bounds how many areas can be live (see ``MapCountBudget``
-/// and `docs/vmalloc.md`).
+/// process's `vm.max_map_count` bounds how many areas can be live (see ``processMapBudget``
+/// and <doc:VMallocOverRealMemory#The-map-count-limit>).
 ///
 /// Thread safety: every method may be called from any thread. One lock guards the window's
 /// free list and the area table; page allocation, `mmap` and the frees run outside it.

@@ -1,9 +1,10 @@
+import PageAlloc
+import _PageAllocUtilities
+
 /// A picture of the allocator's free memory: the pfn space as a grid of pageblocks, each
 /// coloured by its migratetype and shaded by how much of it is free (pcp pages count as
 /// free), hatched when its free memory is only small blocks, plus a bar chart of free
 /// pages per order. `pagealloc map --svg` and `pagealloc replay --map` write it.
-import PageAlloc
-import _PageAllocUtilities
 public struct FragmentationMap: Sendable {
   /// One pageblock.
   public struct Cell: Sendable, Hashable {
@@ -52,7 +53,7 @@ public struct FragmentationMap: Sendable {
 
   /// Reads the allocator's free blocks (buddy lists and pcp lists) and pageblock types.
   /// `allocatedByType` (one entry per pageblock from the first zone's start rounded down
-  /// to a pageblock, e.g. ``ReplayReport/allocatedByType``) colours each cell by the
+  /// to a pageblock, e.g. `ReplayReport.allocatedByType`) colours each cell by the
   /// migratetype of the allocations in it and marks mixed blocks.
   public init(allocator a: PageAllocator, allocatedByType: [[Int]]? = nil) {
     hasAllocationTypes = allocatedByType != nil

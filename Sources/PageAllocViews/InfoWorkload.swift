@@ -1,7 +1,8 @@
-/// The workloads `pagealloc info` and `pagealloc map` run before showing the views: each
-/// leaves an allocator in a recognisable state. Deterministic for a given seed.
 import PageAlloc
 import _PageAllocUtilities
+
+/// The workloads `pagealloc info` and `pagealloc map` run before showing the views: each
+/// leaves an allocator in a recognisable state. Deterministic for a given seed.
 public enum InfoWorkload: String, CaseIterable, Sendable {
   /// THP-like order-9 movable blocks over half of memory and order-3 unmovable (slab-like)
   /// blocks over an eighth, then every third order-9 block freed: memory stays in large

@@ -4,7 +4,8 @@
 // Only what PageAlloc really keeps is printed: /proc/vmstat lists the counters we count
 // (free pages, PGALLOC per zone, PGFREE), not the hundred the kernel has; /proc/zoneinfo
 // prints the zone header, watermarks, geometry, protection, the free-page zone stats and
-// the pagesets, without the per-node and NUMA stats. See docs/observability.md.
+// the pagesets, without the per-node and NUMA stats. See the article in
+// PageAllocViews.docc/ProcViewsAndFragmentationMap.md.
 
 import PageAlloc
 import _PageAllocUtilities

@@ -8,7 +8,8 @@ import PageAllocVMalloc
 import PageAllocViews
 import _PageAllocUtilities
 
-/// `pagealloc replay FILE`: replays a kernel kmem trace (see docs/observability.md).
+/// `pagealloc replay FILE`: replays a kernel kmem trace (see the PageAllocTrace article,
+/// Sources/PageAllocTrace/PageAllocTrace.docc/ReplayingKernelTraces.md).
 struct Replay: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Replay a kernel kmem trace (ftrace trace, trace-cmd report or perf script; .gz accepted).")
