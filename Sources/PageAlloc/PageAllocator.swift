@@ -44,6 +44,8 @@ public final class PageAllocator: @unchecked Sendable {
   /// Fault injection (fail_page_alloc); nil check is one load.
   let faultState: LockedState<FaultInjection?>
   @usableFromInline let faultsEnabled: Atomic<Bool>
+  /// PageBlock and PageRun handles alive, counted in debug builds only (PageBlock.swift).
+  @usableFromInline let liveHandles: Atomic<Int>
 
   @usableFromInline static let pcpStride = 192
 
@@ -109,6 +111,7 @@ public final class PageAllocator: @unchecked Sendable {
     traceSinkBox = LockedState(TraceTargets())
     faultState = LockedState(nil)
     faultsEnabled = Atomic(false)
+    liveHandles = Atomic(0)
 
     // Zonelists: for each highest kind, the configured zones of that kind or lower, highest
     // first (Movable -> Normal -> DMA32 -> DMA).
@@ -182,6 +185,7 @@ public final class PageAllocator: @unchecked Sendable {
   }
 
   deinit {
+    checkNoLiveHandles()
     drainAllPages()
     for i in 0..<zoneCount {
       zones[i].lists.deallocate()
