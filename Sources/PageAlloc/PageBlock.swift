@@ -38,6 +38,13 @@ public struct PageBlock: ~Copyable, Sendable {
   public let isCompound: Bool
   @usableFromInline unowned(unsafe) let allocator: PageAllocator
 
+  /// The allocator, for calls that take no retain and release around them: reading an
+  /// `unowned(unsafe)` field as a strong reference costs a retain/release pair per call
+  /// (measured in the order-0 pair loop); `_withUnsafeGuaranteedRef` states what the
+  /// field already promises, that the allocator is alive.
+  @inlinable @inline(__always)
+  var unmanagedAllocator: Unmanaged<PageAllocator> { .passUnretained(allocator) }
+
   /// A handle over a block the caller has just allocated with one reference.
   @inlinable @inline(__always)
   init(_owning pfn: PFN, order: Int, compound: Bool, allocator: PageAllocator) {
@@ -79,8 +86,10 @@ public struct PageBlock: ~Copyable, Sendable {
   /// says: its last holder frees the head later.
   @inlinable
   public consuming func free() {
-    allocator.freePages(pfn, order: order)
-    allocator.handleEnded()
+    unmanagedAllocator._withUnsafeGuaranteedRef {
+      $0.freePages(pfn, order: order)
+      $0.handleEnded()
+    }
     discard self
   }
 
@@ -97,9 +106,11 @@ public struct PageBlock: ~Copyable, Sendable {
         "PageBlock.split(): the block is a compound page (allocated with .comp) and split_page() refuses compound pages; free it whole with free()"
       )
     }
-    allocator.splitPage(pfn, order: order)
-    let run = PageRun(_owning: pfn, count: pageCount, allocator: allocator)
-    allocator.handleEnded()
+    unmanagedAllocator._withUnsafeGuaranteedRef {
+      $0.splitPage(pfn, order: order)
+      $0.handleEnded()
+    }
+    let run = PageRun(_owning: pfn, count: pageCount, unmanaged: unmanagedAllocator)
     discard self
     return run
   }
@@ -110,7 +121,7 @@ public struct PageBlock: ~Copyable, Sendable {
   @inlinable
   public consuming func relinquish() -> PFN {
     let p = pfn
-    allocator.handleEnded()
+    unmanagedAllocator._withUnsafeGuaranteedRef { $0.handleEnded() }
     discard self
     return p
   }
@@ -123,7 +134,7 @@ public struct PageBlock: ~Copyable, Sendable {
   public func withUnsafeMutableBytes<R: ~Copyable, E: Error>(
     _ body: (UnsafeMutableRawBufferPointer) throws(E) -> R
   ) throws(E) -> R {
-    let base = allocator.handleBytes(pfn, "PageBlock")
+    let base = unmanagedAllocator._withUnsafeGuaranteedRef { $0.handleBytes(pfn, "PageBlock") }
     return try body(UnsafeMutableRawBufferPointer(start: base, count: pageCount &* PageGeometry.pageSize))
   }
 
@@ -137,7 +148,7 @@ public struct PageBlock: ~Copyable, Sendable {
   public mutating func withMutableBytes<R: ~Copyable, E: Error>(
     _ body: (inout MutableRawSpan) throws(E) -> R
   ) throws(E) -> R {
-    let base = allocator.handleBytes(pfn, "PageBlock")
+    let base = unmanagedAllocator._withUnsafeGuaranteedRef { $0.handleBytes(pfn, "PageBlock") }
     var span = unsafe MutableRawSpan(
       _unsafeBytes: UnsafeMutableRawBufferPointer(start: base, count: pageCount &* PageGeometry.pageSize))
     return try body(&span)
@@ -148,7 +159,7 @@ public struct PageBlock: ~Copyable, Sendable {
   /// - Precondition: the allocator has memory (its ``Backing`` is not `.none`).
   @inlinable
   public func withBytes<R: ~Copyable, E: Error>(_ body: (RawSpan) throws(E) -> R) throws(E) -> R {
-    let base = allocator.handleBytes(pfn, "PageBlock")
+    let base = unmanagedAllocator._withUnsafeGuaranteedRef { $0.handleBytes(pfn, "PageBlock") }
     let span = unsafe RawSpan(
       _unsafeBytes: UnsafeRawBufferPointer(start: base, count: pageCount &* PageGeometry.pageSize))
     return try body(span)
@@ -156,8 +167,10 @@ public struct PageBlock: ~Copyable, Sendable {
 
   /// Frees the block if the handle still owns it (see ``free()``).
   deinit {
-    allocator.freePages(pfn, order: order)
-    allocator.handleEnded()
+    unmanagedAllocator._withUnsafeGuaranteedRef {
+      $0.freePages(pfn, order: order)
+      $0.handleEnded()
+    }
   }
 }
 

@@ -35,6 +35,19 @@ public struct PageRun: ~Copyable, Sendable {
     allocator.handleCreated()
   }
 
+  /// The same handle from the allocator's unmanaged reference (PageBlock.split()).
+  @inlinable @inline(__always)
+  init(_owning start: PFN, count: Int, unmanaged: Unmanaged<PageAllocator>) {
+    _start = start
+    _count = count
+    allocator = unmanaged._withUnsafeGuaranteedRef { $0 }
+    unmanaged._withUnsafeGuaranteedRef { $0.handleCreated() }
+  }
+
+  /// See ``PageBlock``'s `unmanagedAllocator`.
+  @inlinable @inline(__always)
+  var unmanagedAllocator: Unmanaged<PageAllocator> { .passUnretained(allocator) }
+
   /// Takes ownership of order-0 pages allocated with the PFN API (split pages, or what
   /// ``relinquish()`` returned), one reference each, which nothing else may free
   /// afterwards. The handle frees them as any other run.
@@ -71,8 +84,10 @@ public struct PageRun: ~Copyable, Sendable {
   /// ``PageAllocator/putPage(_:)``. An empty run frees nothing.
   @inlinable
   public consuming func free() {
-    allocator.freeContigRange(start, count: count)
-    allocator.handleEnded()
+    unmanagedAllocator._withUnsafeGuaranteedRef {
+      $0.freeContigRange(_start, count: _count)
+      $0.handleEnded()
+    }
     discard self
   }
 
@@ -87,7 +102,7 @@ public struct PageRun: ~Copyable, Sendable {
     if _slowPath(n <= 0 || n > count) {
       pageHandleMisuse("PageRun.extract(first: \(n)) of a run of \(count) pages: n must be in 1...\(count)")
     }
-    let head = PageRun(_owning: start, count: n, allocator: allocator)
+    let head = PageRun(_owning: _start, count: n, unmanaged: unmanagedAllocator)
     _start += n
     _count &-= n
     return head
@@ -98,8 +113,8 @@ public struct PageRun: ~Copyable, Sendable {
   /// ``PageAllocator/putPage(_:)``...). Nothing is freed.
   @inlinable
   public consuming func relinquish() -> Range<PFN> {
-    let r = start..<(start + count)
-    allocator.handleEnded()
+    let r = _start..<(_start + _count)
+    unmanagedAllocator._withUnsafeGuaranteedRef { $0.handleEnded() }
     discard self
     return r
   }
@@ -112,7 +127,7 @@ public struct PageRun: ~Copyable, Sendable {
   public func withUnsafeMutableBytes<R: ~Copyable, E: Error>(
     _ body: (UnsafeMutableRawBufferPointer) throws(E) -> R
   ) throws(E) -> R {
-    let base = allocator.handleBytes(start, "PageRun")
+    let base = unmanagedAllocator._withUnsafeGuaranteedRef { $0.handleBytes(_start, "PageRun") }
     return try body(UnsafeMutableRawBufferPointer(start: base, count: count &* PageGeometry.pageSize))
   }
 
@@ -124,7 +139,7 @@ public struct PageRun: ~Copyable, Sendable {
   public mutating func withMutableBytes<R: ~Copyable, E: Error>(
     _ body: (inout MutableRawSpan) throws(E) -> R
   ) throws(E) -> R {
-    let base = allocator.handleBytes(start, "PageRun")
+    let base = unmanagedAllocator._withUnsafeGuaranteedRef { $0.handleBytes(_start, "PageRun") }
     var span = unsafe MutableRawSpan(
       _unsafeBytes: UnsafeMutableRawBufferPointer(start: base, count: count &* PageGeometry.pageSize))
     return try body(&span)
@@ -135,7 +150,7 @@ public struct PageRun: ~Copyable, Sendable {
   /// - Precondition: the allocator has memory (its ``Backing`` is not `.none`).
   @inlinable
   public func withBytes<R: ~Copyable, E: Error>(_ body: (RawSpan) throws(E) -> R) throws(E) -> R {
-    let base = allocator.handleBytes(start, "PageRun")
+    let base = unmanagedAllocator._withUnsafeGuaranteedRef { $0.handleBytes(_start, "PageRun") }
     let span = unsafe RawSpan(
       _unsafeBytes: UnsafeRawBufferPointer(start: base, count: count &* PageGeometry.pageSize))
     return try body(span)
@@ -143,7 +158,9 @@ public struct PageRun: ~Copyable, Sendable {
 
   /// Frees what the run still owns (see ``free()``).
   deinit {
-    allocator.freeContigRange(start, count: count)
-    allocator.handleEnded()
+    unmanagedAllocator._withUnsafeGuaranteedRef {
+      $0.freeContigRange(_start, count: _count)
+      $0.handleEnded()
+    }
   }
 }
