@@ -28,7 +28,7 @@ extension PageAllocator {
     return [PFN](capacity: count) { allocPagesBulk(count: count, gfp: gfp, into: &$0) }
   }
 
-  /// `free_pages_bulk()` over a span: the same as ``freePagesBulk(_:)-(Array<PFN>)``, without
+  /// `free_pages_bulk()` over a span: the same as ``freePagesBulk(_:)-([PFN])``, without
   /// an array.
   ///
   /// ```swift
