@@ -22,7 +22,7 @@ extension BenchSuite {
   /// (`handle`).
   public static let highOrder = BenchSuite(
     name: "high-order",
-    summary: "alloc+split+free at order K: putPage loop vs freeContigRange vs handles",
+    summary: "alloc+split+free at order K: per-page, contig, handles",
     defaultIterations: 100_000, quickIterations: 2_000, iterationUnit: "alloc+split+free of one block",
     run: { try HighOrderBench.run($0) },
     ratios: { HighOrderBench.ratios($0) })

@@ -15,7 +15,7 @@ extension BenchSuite {
   /// through the handles.
   public static let order0 = BenchSuite(
     name: "order0",
-    summary: "order-0 alloc+free pairs: pcp (1, N threads), no pcp, PageBlock handles",
+    summary: "order-0 alloc+free pairs: pcp (1, N threads), no pcp, handles",
     defaultIterations: 5_000_000, quickIterations: 200_000, iterationUnit: "alloc+free pairs per thread",
     run: { try Order0Bench.run($0) },
     ratios: { Order0Bench.ratios($0) })
