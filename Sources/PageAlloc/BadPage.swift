@@ -103,8 +103,11 @@ extension PageAllocator {
     if trapOnBad { fatalError(report.description) }
   }
 
+  /// `injected`: the failure came from fault injection; noted for the calling thread so
+  /// ``allocate(order:gfp:)`` can say why it failed (AllocationFailure.swift).
   @usableFromInline @inline(never)
-  func reportAllocFailure(_ order: Int, _ gfp: GFP) {
+  func reportAllocFailure(_ order: Int, _ gfp: GFP, injected: Bool = false) {
+    AllocationFailureNote.record(injected: injected)
     let msg =
       "pagealloc: page allocation failure: order:\(order), mode:0x\(String(gfp.rawValue, radix: 16))(\(gfp)), nodemask=(null)"
     reports.withLock {

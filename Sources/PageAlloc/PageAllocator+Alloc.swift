@@ -54,7 +54,7 @@ extension PageAllocator {
     }
     if _slowPath(faultsEnabled.load(ordering: .relaxed)) && shouldInjectFailure(order, gfp) {
       // prepare_alloc_pages() fails before __alloc_frozen_pages() traces: no mm_page_alloc.
-      reportAllocFailure(order, gfp)
+      reportAllocFailure(order, gfp, injected: true)
       return nil
     }
     let mt = gfp.migrateType.rawValue

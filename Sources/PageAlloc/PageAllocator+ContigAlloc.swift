@@ -8,14 +8,24 @@ public enum ContigRangeError: Error, Equatable, Sendable, CustomStringConvertibl
   /// zone boundary; or `.comp` with a count that is not a power of two up to
   /// MAX_PAGE_ORDER (the kernel's -EINVAL).
   case invalidRange(Range<PFN>, reason: String)
-  /// Flags `alloc_contig_range()` does not accept (`__alloc_contig_verify_gfp_mask()`).
+  /// Flags `alloc_contig_range()` does not accept (`__alloc_contig_verify_gfp_mask()`);
+  /// for ``PageAllocator/allocateContiguous(pages:gfp:)`` also `.comp` (a ``PageRun`` holds
+  /// order-0 pages).
   case invalidGFP(GFP)
   /// A page of the range is in use (allocated, quarantined or reserved), or a pageblock
   /// is isolated by another caller (the kernel's -EBUSY). Nothing was changed.
   case busy(PFN, reason: String)
+  /// ``PageAllocator/allocateContiguous(pages:gfp:)``: a page count outside 1...2^32.
+  case invalidCount(Int)
+  /// ``PageAllocator/allocateContiguous(pages:gfp:)``: no range of that many pages starting
+  /// at a multiple of the count is free in the zones the flags allow (no migration or
+  /// compaction exists to make one).
+  case noFreeRange(pages: Int, gfp: GFP)
 
   public var description: String {
     switch self {
+    case .invalidCount(let n): "cannot allocate \(n) contiguous pages: the count must be 1...2^32"
+    case .noFreeRange(let n, let g): "no free range of \(n) pages at a multiple of \(n) in the zones \(g) allows"
     case .invalidRange(let r, let why): "invalid range \(r.lowerBound)..<\(r.upperBound): \(why)"
     case .invalidGFP(let g): "alloc_contig_range does not accept gfp flags \(g)"
     case .busy(let p, let why): "range busy at pfn \(p): \(why)"

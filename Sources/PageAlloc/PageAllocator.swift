@@ -48,6 +48,8 @@ public final class PageAllocator: @unchecked Sendable {
   /// Fault injection (fail_page_alloc); nil check is one load.
   let faultState: LockedState<FaultInjection?>
   @usableFromInline let faultsEnabled: Atomic<Bool>
+  /// PageBlock and PageRun handles alive, counted in debug builds only (PageBlock.swift).
+  @usableFromInline let liveHandles: Atomic<Int>
 
   /// Bytes from one pcp to the next in ``pcpBase``: three 64-byte cache lines, of which a
   /// ``PerCPUPages`` may fill two (``pcpSlotBytes``, checked in init). Different CPUs write
@@ -121,6 +123,7 @@ public final class PageAllocator: @unchecked Sendable {
     traceSinkBox = LockedState(TraceTargets())
     faultState = LockedState(nil)
     faultsEnabled = Atomic(false)
+    liveHandles = Atomic(0)
 
     zonelists = PageAllocator.makeZonelists(c.zones)
     zones = PageAllocator.makeZones(c.zones)
@@ -133,6 +136,7 @@ public final class PageAllocator: @unchecked Sendable {
   }
 
   deinit {
+    checkNoLiveHandles()
     drainAllPages()
     for i in 0..<zoneCount {
       zones[i].lists.deallocate()

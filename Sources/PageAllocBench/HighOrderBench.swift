@@ -7,18 +7,22 @@
 //   }
 //
 // "before" is free_contig_range as it was, one __free_page() per page (a putPage loop
-// here); "after" is the chunked freeContigRange. Both run in the same process, each on a
-// fresh allocator, timed around the whole loop as the patch did.
+// here); "after" is the chunked freeContigRange; "handle" is the same loop as "after"
+// through the owned-page handles (allocate(order:) -> split() -> PageRun.free()). Each
+// runs on a fresh allocator, timed around the whole loop as the patch did; the three run
+// interleaved in passes and each keeps its fastest pass, so that noise on a shared machine
+// does not land on one of them only.
 
 @_spi(Benchmark) import PageAlloc
 import _PageAllocUtilities
 import PageAllocVMalloc
 extension BenchSuite {
   /// `high-order`: alloc_pages(order) + split_page + free of the 2^order pages, freed page
-  /// by page (`per-page`) and as chunks (`contig`).
+  /// by page (`per-page`), as chunks (`contig`), and as chunks through the handles
+  /// (`handle`).
   public static let highOrder = BenchSuite(
     name: "high-order",
-    summary: "alloc+split+free at order K: putPage loop vs freeContigRange",
+    summary: "alloc+split+free at order K: per-page, contig, handles",
     defaultIterations: 100_000, quickIterations: 2_000, iterationUnit: "alloc+split+free of one block",
     run: { try HighOrderBench.run($0) },
     ratios: { HighOrderBench.ratios($0) })
@@ -26,6 +30,12 @@ extension BenchSuite {
 
 enum HighOrderBench {
   static let name = "high-order"
+
+  enum Variant: String, CaseIterable {
+    case perPage = "per-page", contig, handle
+  }
+
+  static let passes = 5
 
   static func run(_ o: BenchOptions) throws -> [BenchResult] {
     let n = max(o.iterations(for: .highOrder), 1)
@@ -35,50 +45,64 @@ enum HighOrderBench {
       guard (0...PageGeometry.maxOrder).contains(order) else {
         throw BenchError(suite: name, "order \(order) is outside 0...\(PageGeometry.maxOrder)")
       }
-      let part = 1.0 / Double(orders.count)
-      let base = Double(k) * part
-      let per = try measure(o, order, n, contig: false, progress: (base, part / 2))
-      let contig = try measure(o, order, n, contig: true, progress: (base + part / 2, part / 2))
+      let steps = Variant.allCases.count * passes
+      let span = 1.0 / Double(orders.count * steps)
+      let ns = try interleavedBest(Variant.allCases, total: n, passes: passes) { variant, count, step in
+        try measure(o, order, count, variant, progress: (Double(k * steps + step) * span, span))
+      }
+      let per = ns[.perPage]!
+      let contig = ns[.contig]!
+      let handle = ns[.handle]!
       let pages = 1 << order
-      out.append(BenchResult(suite: name, variant: "per-page", order: order, iterations: n, pagesPerIteration: pages, totalNanoseconds: per))
+      let iterations = n
       out.append(
         BenchResult(
-          suite: name, variant: "contig", order: order, iterations: n, pagesPerIteration: pages,
+          suite: name, variant: "per-page", order: order, iterations: iterations, pagesPerIteration: pages,
+          totalNanoseconds: per))
+      out.append(
+        BenchResult(
+          suite: name, variant: "contig", order: order, iterations: iterations, pagesPerIteration: pages,
           totalNanoseconds: contig, extra: ["speedup": Double(per) / Double(max(contig, 1))]))
+      out.append(
+        BenchResult(
+          suite: name, variant: "handle", order: order, iterations: iterations, pagesPerIteration: pages,
+          totalNanoseconds: handle, extra: ["over_contig": Double(handle) / Double(max(contig, 1))]))
     }
     return out
   }
 
   /// One variant on a fresh allocator: a short warm-up, the timed loop, then the check.
   static func measure(
-    _ o: BenchOptions, _ order: Int, _ n: Int, contig: Bool, progress: (Double, Double)
+    _ o: BenchOptions, _ order: Int, _ n: Int, _ variant: Variant, progress: (Double, Double)
   ) throws -> UInt64 {
-    let variant = contig ? "contig" : "per-page"
     let a = try benchAllocator(name)
     let start = a.freePageCount
-    _ = try loop(a, order, min(n, 64), contig: contig)
-    try benchCheckRestored(a, startFree: start, suite: name, variant: variant)
-    let t = try timedInChunks(o, label: "\(name) order \(order) \(variant)", total: n, progress: progress) {
-      try loop(a, order, $0, contig: contig)
+    _ = try loop(a, order, min(n, 64), variant)
+    try benchCheckRestored(a, startFree: start, suite: name, variant: variant.rawValue)
+    let t = try timedInChunks(
+      o, label: "\(name) order \(order) \(variant.rawValue)", total: n, progress: progress
+    ) {
+      try loop(a, order, $0, variant)
     }
-    try benchCheckRestored(a, startFree: start, suite: name, variant: variant)
+    try benchCheckRestored(a, startFree: start, suite: name, variant: variant.rawValue)
     return t
   }
 
   /// The patch's loop; returns its wall time in nanoseconds.
   @inline(never)
-  static func loop(_ a: PageAllocator, _ order: Int, _ n: Int, contig: Bool) throws -> UInt64 {
+  static func loop(_ a: PageAllocator, _ order: Int, _ n: Int, _ variant: Variant) throws -> UInt64 {
     let pages = 1 &<< order
     let t0 = monotonicNanoseconds()
     var i = 0
-    if contig {
+    switch variant {
+    case .contig:
       while i < n {
         guard let p = a.allocPages(order: order, gfp: .kernel) else { throw benchAllocFailed(name, order) }
         a.splitPage(p, order: order)
         a.freeContigRange(p, count: pages)
         i &+= 1
       }
-    } else {
+    case .perPage:
       while i < n {
         guard let p = a.allocPages(order: order, gfp: .kernel) else { throw benchAllocFailed(name, order) }
         a.splitPage(p, order: order)
@@ -87,6 +111,17 @@ enum HighOrderBench {
           a.putPage(p + j)
           j &+= 1
         }
+        i &+= 1
+      }
+    case .handle:
+      while i < n {
+        let block: PageBlock
+        do {
+          block = try a.allocate(order: order)
+        } catch {
+          throw benchAllocFailed(name, order)
+        }
+        block.split().free()
         i &+= 1
       }
     }
@@ -98,6 +133,12 @@ enum HighOrderBench {
     var out: [(String, Double)] = []
     let main = mine.first { $0.order == PageGeometry.pageblockOrder } ?? mine.first
     if let main, let s = main.extra["speedup"] { out.append(("high-order.speedup", s)) }
+    if let main,
+      let h = results.first(where: { $0.suite == name && $0.variant == "handle" && $0.order == main.order }),
+      let x = h.extra["over_contig"]
+    {
+      out.append(("high-order.handle_over_contig", x))
+    }
     if mine.count > 1 {
       for r in mine { if let o = r.order, let s = r.extra["speedup"] { out.append(("high-order.speedup.order-\(o)", s)) } }
     }

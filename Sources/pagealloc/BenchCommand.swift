@@ -137,6 +137,8 @@ struct Bench: ParsableCommand {
     check("frozen-range contig ns/page", frozen?.nsPerPage, { $0 <= 2 }, "goal <= 2 ns", " ns")
     let o0 = report.results.first { $0.suite == "order0" && $0.variant == "pcp" }
     check("order0 ns per alloc+free pair", o0?.nsPerIteration, { $0 <= 25 }, "goal <= 25 ns, 1 thread", " ns")
+    check("order0 handle / PFN API", ratios["order0.handle_over_pfn"], { $0 <= 1.05 }, "goal <= 1.05", "")
+    check("high-order handle / contig", ratios["high-order.handle_over_contig"], { $0 <= 1.05 }, "goal <= 1.05", "")
     if !lines.isEmpty { print("\ntargets\n" + lines.joined(separator: "\n")) }
   }
 

@@ -31,10 +31,10 @@ import PageAllocTestSupport
     let variants = { (name: String) throws -> Set<String> in
       Set(try BenchRegistry.suite(named: name)!.run(Self.tiny).map(\.variant))
     }
-    #expect(try variants("high-order") == ["per-page", "contig"])
+    #expect(try variants("high-order") == ["per-page", "contig", "handle"])
     #expect(try variants("floor") == ["floor", "contig", "per-page"])
     #expect(try variants("frozen-range") == ["per-page", "contig"])
-    #expect(try variants("order0") == ["pcp", "pcp-threads-2", "bypass", "bypass-threads-2"])
+    #expect(try variants("order0") == ["pcp", "pcp-threads-2", "bypass", "bypass-threads-2", "handle"])
     #expect(try variants("bulk") == ["per-page", "bulk"])
   }
 
@@ -43,7 +43,7 @@ import PageAllocTestSupport
     var o = Self.tiny
     o.order = order
     let rs = try BenchSuite.highOrder.run(o)
-    #expect(rs.count == 2)
+    #expect(rs.count == 3)
     #expect(rs.allSatisfy { $0.order == order && $0.pagesPerIteration == 1 << order })
     let fl = try BenchSuite.floor.run(o)
     #expect(fl.count == 3)
@@ -84,7 +84,10 @@ import PageAllocTestSupport
     #expect(hi["order"] as? Int == 9)
     #expect(hi["pages_per_iteration"] as? Int == 512)
     let ratios = try #require(root["ratios"] as? [String: Any])
-    for k in ["high-order.speedup", "high-order.contig_over_floor", "frozen-range.speedup"] {
+    for k in [
+      "high-order.speedup", "high-order.contig_over_floor", "frozen-range.speedup", "high-order.handle_over_contig",
+      "order0.handle_over_pfn",
+    ] {
       #expect(ratios[k] is Double || ratios[k] is Int, "ratios.\(k)")
     }
     // The table names every suite.

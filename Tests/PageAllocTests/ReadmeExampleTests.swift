@@ -2,8 +2,35 @@ import PageAlloc
 import Testing
 import PageAllocTestSupport
 
-/// The README's usage example, verbatim, so it keeps compiling and working.
+/// The README's usage examples, verbatim but for `print`, which becomes `#expect`, so they
+/// keep compiling and working.
 @Suite struct ReadmeExampleTests {
+  @Test func handleExample() throws {
+    // A pool of 256 MiB: one Normal zone of 65536 pages, memory from a memfd.
+    let pool = try PageAllocator(configuration: .normal(pages: 65536))
+
+    var page = try pool.allocate()                    // one 4 KiB page
+    page.withMutableBytes { $0.storeBytes(of: 42, toByteOffset: 0, as: UInt64.self) }
+    #expect(try #require(pool.address(of: page.pfn)).load(as: UInt64.self) == 42)
+    page.free()
+
+    var run = try pool.allocate(order: 9).split()     // 2 MiB as 512 order-0 pages
+    let buffer = run.extract(first: 16)               // 16 of them kept apart
+    run.free()                                        // 496 pages, freed as 5 aligned chunks
+    buffer.free()
+
+    do {
+      let big = try pool.allocate(order: 10)
+      #expect(big.pageCount == 1024)
+    } catch {
+      Issue.record("allocation failed: \(error.reason)")
+    }                                                 // big is dropped here: its pages are free
+
+    #expect(pool.freePageCount == pool.managedPageCount)
+    #expect(pool.badPageCount == 0)
+    try pool.verify()
+  }
+
   @Test func usageExample() throws {
     // One node with one Normal zone of 256 MiB, two per-CPU page sets, memory from a memfd.
     let a = try PageAllocator(configuration: .init(
