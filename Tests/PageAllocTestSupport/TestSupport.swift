@@ -2,17 +2,9 @@ import PageAlloc
 import Testing
 import _PageAllocUtilities
 
-/// A deterministic xorshift generator for test workloads.
-package struct TestRNG: RandomNumberGenerator {
-  var state: UInt64
-  package init(seed: UInt64) { state = seed == 0 ? 0x9E37_79B9_7F4A_7C15 : seed }
-  package mutating func next() -> UInt64 {
-    state ^= state << 13
-    state ^= state >> 7
-    state ^= state << 17
-    return state
-  }
-}
+/// The tests' random numbers: the package's one generator, so a seed names the same
+/// workload in a test as in the tools.
+package typealias TestRNG = SeededRandom
 
 package func makeAllocator(
   pages: Int = 1 << 16, cpus: Int = 1, section: Int = 1 << 15, backing: Backing = .none,

@@ -124,7 +124,7 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
       for t in 0..<2 {
         g.addTask {
           cpa_set_thread_cpu_override(Int32(t))
-          var rng = SplitMix(seed: UInt64(t + 10))
+          var rng = TestRNG(seed: UInt64(t + 10))
           var live: [(PFN, Int)] = []
           for _ in 0..<20000 {
             let order = Int(rng.next() % 4)
@@ -138,7 +138,7 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
         }
       }
       g.addTask {
-        var rng = SplitMix(seed: 99)
+        var rng = TestRNG(seed: 99)
         for _ in 0..<5000 {
           let n = 1 + Int(rng.next() % 8)
           let p = Int(rng.next() % UInt64((1 << 15) - n))
@@ -160,7 +160,7 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
     let sink = TraceBuffer()
     a.setTraceSink(sink)
     defer { cpa_set_thread_cpu_override(-1) }
-    var rng = SplitMix(seed: seed)
+    var rng = TestRNG(seed: seed)
     var live: [(PFN, Int)] = []
     let types: [GFP] = [.kernel, .highUserMovable, [.kernel, .reclaimable]]
     for _ in 0..<6000 {
@@ -416,7 +416,7 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
       #expect(error.description == "/nonexistent/trace.gz: No such file or directory")
     }
     // Random bytes: nothing to replay.
-    var rng = SplitMix(seed: 9)
+    var rng = TestRNG(seed: 9)
     let garbage = (0..<100_000).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
     let g = writeTemp("garbage", garbage)
     defer { unlink(g) }
@@ -463,7 +463,7 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
   /// allocator, and every anomaly has a line number.
   @Test func corruptedTracesNeverCrash() throws {
     var text = "# tracer: nop\n"
-    var rng = SplitMix(seed: 5)
+    var rng = TestRNG(seed: 5)
     for i in 0..<200 {
       let pfn = 0x2000 + Int(rng.next() % 4096) & ~3
       text += "t-\(i) [00\(i % 2)] ..... 1.\(i): mm_page_alloc: page=00000000deadbeef pfn=0x\(String(pfn, radix: 16)) order=2 migratetype=0 gfp_flags=GFP_KERNEL\n"
@@ -510,7 +510,7 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
   /// grows the buffer) gives the same replay as the plain file.
   @Test(.enabled(if: system("command -v gzip >/dev/null") == 0)) func gzipStreamMatchesPlain() throws {
     var text = ""
-    var rng = SplitMix(seed: 3)
+    var rng = TestRNG(seed: 3)
     for i in 0..<30000 {
       let pfn = 0x10000 + Int(rng.next() % 8192)
       text += "t-\(i) [00\(i % 2)] ..... 1.\(i): mm_page_\(i % 3 == 0 ? "free" : "alloc"): page=00000000deadbeef pfn=0x\(String(pfn, radix: 16)) order=0 migratetype=1 gfp_flags=GFP_HIGHUSER_MOVABLE\n"
