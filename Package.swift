@@ -57,7 +57,7 @@ let package = Package(
     .testTarget(
       name: "PageAllocTests",
       dependencies: [
-        "PageAlloc", "PageAllocTestSupport", "PageAllocStress",
+        "PageAlloc", "PageAllocTestSupport", "PageAllocStress", "_PageAllocUtilities",
         .product(name: "PropertyBased", package: "swift-property-based"),
       ]),
     .testTarget(
