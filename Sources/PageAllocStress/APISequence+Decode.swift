@@ -64,9 +64,7 @@ extension APISequence {
       return .freeStretch(pick: r.u8(), page: r.u16(), count: 1 + r.u16() % 2048, way: way(), choice: UInt64(r.u8()))
     case 14: return .speculativeGet(pick: r.u8())
     case 15: return .freeScattered(phase: r.u8(), choice: UInt64(r.u8()))
-    case 16:
-      let c = r.u8() % 3
-      return .setCPU(c == 2 ? nil : c)
+    case 16: return .setCPU(r.u8() % 2)
     case 17: return .hostile(.freePages(pfn(), order: r.u8() % 14 - 1))
     case 18: return .hostile(.freeContigRange(pfn(), count: r.u16() % 3000))
     case 19: return .hostile(.putPage(pfn()))

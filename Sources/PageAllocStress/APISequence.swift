@@ -15,8 +15,7 @@ import _PageAllocUtilities
 /// ``Op/hostile(_:)`` and ``Op/corrupt(pick:page:flags:way:)`` are the deliberate misuse
 /// the fuzzer adds; the model never relies on them. ``releaseAll()`` frees everything held
 /// in the well-behaved way, after which (and a drain) every managed page is free or
-/// quarantined, unless ``accountingIsExact`` says a hostile call took a reference or split
-/// a block the caller holds (the pages it pinned are then the caller's to lose).
+/// quarantined, but for the ``damagedPages`` of held items a hostile call reached.
 package struct APISequence {
   /// The API family one step called.
   package enum Call: CaseIterable, Hashable, Sendable {
@@ -167,11 +166,27 @@ package struct APISequence {
     case corrupt(pick: Int, page: Int, flags: PageFlags, way: FreeWay)
   }
 
+  /// The allocator the fuzzer and the hostile-input tests use: small enough for thousands
+  /// of inputs a second, with every boundary the checks care about. A DMA zone ending at
+  /// pfn 1000, inside the pageblock 512..<1024 it shares with the Normal zone; a Normal
+  /// zone up to 8192 with a one-section memmap hole at 4096..<5120; 1024-page sections;
+  /// two CPUs; no memory behind the pages.
+  package static let fuzzConfiguration = PageAllocator.Configuration(
+    zones: [
+      ZoneConfiguration(kind: .dma, pfns: PFN(0)..<PFN(1000)),
+      ZoneConfiguration(kind: .normal, pfns: PFN(1000)..<PFN(8192)),
+    ], cpuCount: 2, backing: .none, sectionPages: 1024, holes: [PFN(4096)..<PFN(5120)])
+
   package let allocator: PageAllocator
   package private(set) var held = HeldSet()
-  /// False once a hostile `getPage` or `splitPage` reached a held page: it added references
-  /// the caller does not know of, so those pages may stay allocated after ``releaseAll()``.
-  package private(set) var accountingIsExact = true
+  /// The pages of every held item a hostile call reached (a pfn in the item, for a range
+  /// any overlap), and of every later allocation that got one of those pages back. The
+  /// caller broke those allocations itself, so after ``releaseAll()`` the allocator owes
+  /// nothing for them: an extra reference no one will put, a block head freed as an
+  /// order-0 page leaving its tails behind, a stale item freeing pages that now belong to
+  /// a new one, may keep them allocated. Every other managed page must come back free or
+  /// quarantined.
+  package private(set) var damagedPages = Set<PFN>()
 
   package init(_ allocator: PageAllocator) {
     self.allocator = allocator
@@ -187,19 +202,19 @@ package struct APISequence {
       let p = frozen ? a.allocFrozenPages(order: order, gfp: gfp) : a.allocPages(order: order, gfp: gfp)
       let call: Call = frozen ? .allocFrozen : .alloc
       guard let p else { return Step(call, .failed) }
-      held.append(.block(p, order: order, frozen: frozen, compound: gfp.contains(.comp) && order > 0))
+      hold(.block(p, order: order, frozen: frozen, compound: gfp.contains(.comp) && order > 0))
       return Step(call)
 
     case .allocBulk(let count, let gfp):
       var pages: [PFN] = []
       let got = a.allocPagesBulk(count: count, gfp: gfp, into: &pages)
-      if !pages.isEmpty { held.append(.pages(pages)) }
+      if !pages.isEmpty { hold(.pages(pages)) }
       return Step(.allocBulk, got < count ? .failed : .done)
 
     case .allocContig(let count, let gfp, let frozen):
       let p = frozen ? a.allocContigFrozenPages(count: count, gfp: gfp) : a.allocContigPages(count: count, gfp: gfp)
       guard let p else { return Step(.contigPages, .failed) }
-      held.append(Self.contiguous(p, count, gfp, frozen))
+      hold(Self.contiguous(p, count, gfp, frozen))
       return Step(.contigPages)
 
     case .allocContigRange(let range, let gfp, let frozen):
@@ -209,7 +224,7 @@ package struct APISequence {
         if case .busy = error { return Step(.contigRange, .busy) }
         return Step(.contigRange, .invalid)
       }
-      held.append(Self.contiguous(range.lowerBound, range.count, gfp, frozen))
+      hold(Self.contiguous(range.lowerBound, range.count, gfp, frozen))
       return Step(.contigRange)
 
     case .split(let pick):
@@ -403,18 +418,53 @@ package struct APISequence {
   mutating func hostile(_ h: Hostile) {
     let a = allocator
     switch h {
-    case .freePages(let p, let o): a.freePages(p, order: o)
-    case .freeFrozenPages(let p, let o): a.freeFrozenPages(p, order: o)
-    case .putPage(let p): a.putPage(p)
+    case .freePages(let p, let o):
+      damage(p..<(p + 1))
+      a.freePages(p, order: o)
+    case .freeFrozenPages(let p, let o):
+      damage(p..<(p + 1))
+      a.freeFrozenPages(p, order: o)
+    case .putPage(let p):
+      damage(p..<(p + 1))
+      a.putPage(p)
     case .getPage(let p):
-      if held.covers(p) { accountingIsExact = false }
+      damage(p..<(p + 1))
       a.getPage(p)
     case .splitPage(let p, let o):
-      if held.covers(p) { accountingIsExact = false }
+      damage(p..<(p + 1))
       a.splitPage(p, order: o)
-    case .freeContigRange(let p, let n): a.freeContigRange(p, count: n)
-    case .freeContigFrozenRange(let p, let n): a.freeContigFrozenRange(p, count: n)
-    case .freePagesBulk(let ps): a.freePagesBulk(ps)
+    case .freeContigRange(let p, let n):
+      damage(p..<(p + max(n, 0)))
+      a.freeContigRange(p, count: n)
+    case .freeContigFrozenRange(let p, let n):
+      damage(p..<(p + max(n, 0)))
+      a.freeContigFrozenRange(p, count: n)
+    case .freePagesBulk(let ps):
+      for p in ps { damage(p..<(p + 1)) }
+      a.freePagesBulk(ps)
     }
+  }
+
+  /// Holds what an allocation returned. Pages a hostile call freed from under an item can
+  /// come back in a new allocation while the stale item is still held, and the stale
+  /// item's release then frees them: a new item with a damaged page is damaged whole.
+  mutating func hold(_ h: Held) {
+    held.append(h)
+    if !damagedPages.isEmpty && Self.pages(of: h).contains(where: { damagedPages.contains($0) }) {
+      damagedPages.formUnion(Self.pages(of: h))
+    }
+  }
+
+  static func pages(of h: Held) -> [PFN] {
+    switch h {
+    case .block(let p, let o, _, _): Array(p..<(p + (1 << o)))
+    case .run(let p, let n, _): Array(p..<(p + n))
+    case .pages(let ps): ps
+    }
+  }
+
+  /// Records the pages of every held item with a page in `range` as damaged.
+  mutating func damage(_ range: Range<PFN>) {
+    for h in held.items where HeldSet.overlaps(h, range) { damagedPages.formUnion(Self.pages(of: h)) }
   }
 }

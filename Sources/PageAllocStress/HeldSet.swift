@@ -118,14 +118,15 @@ package struct HeldSet: Hashable, Sendable {
   package func covers(_ pfn: PFN) -> Bool { items.contains { $0.covers(pfn) } }
 
   /// Whether any held page is in `range`.
-  package func overlaps(_ range: Range<PFN>) -> Bool {
+  package func overlaps(_ range: Range<PFN>) -> Bool { items.contains { Self.overlaps($0, range) } }
+
+  /// Whether a page of `h` is in `range`.
+  package static func overlaps(_ h: Held, _ range: Range<PFN>) -> Bool {
     guard !range.isEmpty else { return false }
-    return items.contains { h in
-      switch h {
-      case .block(let p, let o, _, _): p < range.upperBound && range.lowerBound < p + (1 << o)
-      case .run(let p, let n, _): p < range.upperBound && range.lowerBound < p + n
-      case .pages(let ps): ps.contains { range.contains($0) }
-      }
+    switch h {
+    case .block(let p, let o, _, _): return p < range.upperBound && range.lowerBound < p + (1 << o)
+    case .run(let p, let n, _): return p < range.upperBound && range.lowerBound < p + n
+    case .pages(let ps): return ps.contains { range.contains($0) }
     }
   }
 
