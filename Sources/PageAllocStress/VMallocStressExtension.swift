@@ -1,4 +1,4 @@
-/// The vmalloc part of `pagealloc stress` (issue 6): each worker thread vmallocs and vfrees
+/// The vmalloc part of `pagealloc stress`: each worker thread vmallocs and vfrees
 /// areas of random sizes and vmaps pages it allocated itself, checking every byte pattern it
 /// wrote through one address through the other.
 ///
