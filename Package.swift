@@ -52,23 +52,24 @@ let package = Package(
 
     // Tests: one target per module, sharing the set-up helpers of PageAllocTestSupport.
     .target(
-      name: "PageAllocTestSupport", dependencies: ["PageAlloc", "PageAllocStress", "_PageAllocUtilities"],
+      name: "PageAllocTestSupport",
+      dependencies: ["PageAlloc", "PageAllocVMalloc", "PageAllocStress", "_PageAllocUtilities"],
       path: "Tests/PageAllocTestSupport"),
     .testTarget(
       name: "PageAllocTests",
       dependencies: [
-        "PageAlloc", "PageAllocTestSupport", "PageAllocStress",
+        "PageAlloc", "PageAllocTestSupport", "PageAllocStress", "_PageAllocUtilities",
         .product(name: "PropertyBased", package: "swift-property-based"),
       ]),
     .testTarget(
       name: "PageAllocVMallocTests",
       dependencies: [
-        "PageAlloc", "PageAllocVMalloc", "PageAllocTestSupport",
+        "PageAlloc", "PageAllocVMalloc", "PageAllocTestSupport", "_PageAllocUtilities",
         .product(name: "PropertyBased", package: "swift-property-based"),
       ]),
     .testTarget(
       name: "PageAllocTraceTests",
-      dependencies: ["PageAlloc", "PageAllocTrace", "PageAllocViews", "PageAllocTestSupport"]),
+      dependencies: ["PageAlloc", "PageAllocTrace", "PageAllocViews", "PageAllocTestSupport", "_PageAllocUtilities"]),
     .testTarget(name: "PageAllocViewsTests", dependencies: ["PageAlloc", "PageAllocViews", "PageAllocTestSupport"]),
     .testTarget(
       name: "PageAllocStressTests",

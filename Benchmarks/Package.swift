@@ -16,6 +16,8 @@ let package = Package(
       name: "PageAllocBenchmarks",
       dependencies: [
         .product(name: "PageAlloc", package: "PageAlloc"),
+        // allocVmallocPages (vm_area_alloc_pages) for the vmalloc-like arrays.
+        .product(name: "PageAllocVMalloc", package: "PageAlloc"),
         .product(name: "Benchmark", package: "benchmark"),
       ],
       path: "Benchmarks/PageAllocBenchmarks",

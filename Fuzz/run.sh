@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs a libFuzzer target for a number of seconds (default 60):
 #   Fuzz/run.sh api-sequence 60
-#   Fuzz/run.sh trace-parser 60      (once parseTraceLine exists: see TraceParserFuzz.swift)
-# Builds it first (Fuzz/build.sh). The corpus lives in Fuzz/corpus/<target>; crashes are
-# written to Fuzz/artifacts/<target>/. Exit status nonzero on a crash.
+#   Fuzz/run.sh trace-parser 60
+# Builds it first (Fuzz/build.sh; FUZZ_SKIP_BUILD=1 runs the binary already built). The
+# corpus lives in Fuzz/corpus/<target>; crashes are written to Fuzz/artifacts/<target>/.
+# Exit status nonzero on a crash.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 target="${1:?usage: Fuzz/run.sh api-sequence|trace-parser [seconds]}"
@@ -11,6 +12,9 @@ seconds="${2:-60}"
 if [ -z "${FUZZ_SKIP_BUILD:-}" ]; then "$here/build.sh" "$target" >/dev/null; fi
 mkdir -p "$here/corpus/$target" "$here/artifacts/$target"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}"
+# A trap is reported by libFuzzer (deadly signal, stack, the input saved); the Swift
+# runtime's own backtracer would first try to read the stack under ASan and stall.
+export SWIFT_BACKTRACE="${SWIFT_BACKTRACE:-enable=no}"
 seeds=()
 if [ -d "$here/seeds/$target" ]; then seeds+=("$here/seeds/$target"); fi
 exec "$here/.build/$target" "$here/corpus/$target" "${seeds[@]}" \

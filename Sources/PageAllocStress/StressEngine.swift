@@ -161,30 +161,16 @@ public enum StressEngine {
     case compoundHead = "compound-head"
   }
 
-  enum Held {
-    case block(PFN, order: Int, frozen: Bool, compound: Bool)
-    /// Contiguous order-0 pages, each with refcount 1 (0 when frozen).
-    case run(PFN, count: Int, frozen: Bool)
-    /// Order-0 pages with refcount 1 from the bulk allocator.
-    case pages([PFN])
-
-    var pageCount: Int {
-      switch self {
-      case .block(_, let o, _, _): 1 << o
-      case .run(_, let n, _): n
-      case .pages(let p): p.count
-      }
-    }
-  }
-
+  /// One worker's thread state: its random numbers, the shared API-sequence driver over
+  /// its own allocations, and its counts.
   final class Worker {
     let a: PageAllocator
     let index: Int
     var rng: StressRandom
-    var held: [Held] = []
-    var heldPages = 0
+    var sequence: APISequence
     let budget: Int
     var ops = 0
+    var callCounts: [APISequence.Call: Int] = [:]
     var byKind: [String: Int] = [:]
     var allocFailures = 0
     var contigBusy = 0
@@ -201,26 +187,31 @@ public enum StressEngine {
       self.a = a
       self.index = index
       rng = StressRandom(seed: seed &+ UInt64(index) &* 0x9E37_79B9)
+      sequence = APISequence(a)
       self.budget = budget
       self.extensions = extensions
       extensionWeight = extensions.reduce(0) { $0 + max($1.weight, 0) }
     }
 
-    @inline(__always)
-    func count(_ k: String) { byKind[k, default: 0] += 1 }
-
-    func hold(_ h: Held) {
-      held.append(h)
-      heldPages += h.pageCount
+    /// Every kind counted, the driver's calls by their names.
+    var operationsByKind: [String: Int] {
+      var out = byKind
+      for (c, n) in callCounts { out[c.name, default: 0] += n }
+      return out
     }
 
-    func takeRandom() -> Held? {
-      guard !held.isEmpty else { return nil }
-      let i = rng.below(held.count)
-      held.swapAt(i, held.count - 1)
-      let h = held.removeLast()
-      heldPages -= h.pageCount
-      return h
+    /// Applies `op` and counts what it did; false when it fitted nothing held.
+    @discardableResult
+    func run(_ op: APISequence.Op) -> Bool {
+      let s = sequence.step(op)
+      guard let call = s.call else { return false }
+      callCounts[call, default: 0] += 1
+      switch s.outcome {
+      case .failed: allocFailures += 1
+      case .busy: contigBusy += 1
+      case .done, .invalid: break
+      }
+      return true
     }
 
     func randomOrder() -> Int {
@@ -246,6 +237,7 @@ public enum StressEngine {
 
     // MARK: Operations
 
+    /// One operation: an extension's step, or one of the driver's ops in the engine's mix.
     func step() {
       ops += 1
       if extensionWeight > 0 && rng.below(100 + extensionWeight) >= 100 {
@@ -254,182 +246,53 @@ public enum StressEngine {
           let w = max(e.weight, 0)
           if pick < w {
             e.step(a, thread: index, random: &rng)
-            count("ext:" + e.name)
+            byKind["ext:" + e.name, default: 0] += 1
             return
           }
           pick -= w
         }
       }
-      let overBudget = heldPages > budget
-      let r = rng.below(100)
-      switch r {
-      case 0..<30 where !overBudget: allocBlock()
-      case 30..<38: splitHeld()
-      case 38..<46: getPut()
-      case 46..<51 where !overBudget: bulkAlloc()
-      case 51..<53 where !overBudget: contigAlloc()
-      case 53:
-        a.drainAllPages()
-        count("drain")
-      default: freeOne()
-      }
-    }
-
-    func allocBlock() {
-      let order = randomOrder()
-      var gfp = randomGFP(order: order)
-      let frozen = rng.chance(0.15)
-      if frozen { gfp.remove(.zero) }
-      let p = frozen ? a.allocFrozenPages(order: order, gfp: gfp) : a.allocPages(order: order, gfp: gfp)
-      count(frozen ? "alloc-frozen" : "alloc")
-      guard let p else {
-        allocFailures += 1
-        return
-      }
-      hold(.block(p, order: order, frozen: frozen, compound: gfp.contains(.comp) && order > 0))
-    }
-
-    func bulkAlloc() {
-      var pages: [PFN] = []
-      let n = 1 + rng.below(64)
-      let got = a.allocPagesBulk(count: n, gfp: rng.chance(0.5) ? .kernel : .highUserMovable, into: &pages)
-      count("alloc-bulk")
-      if got < n { allocFailures += 1 }
-      if !pages.isEmpty { hold(.pages(pages)) }
-    }
-
-    func contigAlloc() {
-      let frozen = rng.chance(0.3)
-      if rng.chance(0.2) {
-        // A range chosen at random: usually busy (no migration).
-        let n = 1 + rng.below(1024)
-        let start = rng.below(a.pfnSpan.upperBound.value)
-        let range = PFN(start)..<PFN(start + n)
-        count("contig-range")
-        do {
-          if frozen { try a.allocContigFrozenRange(range, gfp: .kernel) } else { try a.allocContigRange(range, gfp: .kernel) }
-          hold(.run(range.lowerBound, count: n, frozen: frozen))
-        } catch {
-          if case .busy = error { contigBusy += 1 }
+      let overBudget = sequence.held.pageCount > budget
+      switch rng.below(100) {
+      case 0..<30 where !overBudget:
+        let order = randomOrder()
+        var gfp = randomGFP(order: order)
+        let frozen = rng.chance(0.15)
+        if frozen { gfp.remove(.zero) }
+        run(.alloc(order: order, gfp: gfp, frozen: frozen))
+      case 30..<38:
+        if !run(.split(pick: rng.below(max(sequence.held.count, 1)))) { freeOne() }
+      case 38..<46:
+        // A reference taken and dropped, or (half the time, on a block) the speculative
+        // reference of lib/test_free_pages.c that outlives free_pages().
+        let pick = rng.below(max(sequence.held.count, 1))
+        if !(rng.chance(0.5) && run(.speculativeGet(pick: pick))) {
+          run(.getPut(pick: pick, page: Int(truncatingIfNeeded: rng.next() >> 1)))
         }
-        return
-      }
-      let n = rng.chance(0.7) ? 1 << (4 + rng.below(8)) : 1 + rng.below(3000)
-      count("contig-pages")
-      let p = frozen
-        ? a.allocContigFrozenPages(count: n, gfp: [.kernel, .noWarn]) : a.allocContigPages(count: n, gfp: [.kernel, .noWarn])
-      guard let p else {
-        allocFailures += 1
-        return
-      }
-      hold(.run(p, count: n, frozen: frozen))
-    }
-
-    func splitHeld() {
-      guard !held.isEmpty else { return freeOne() }
-      let i = rng.below(held.count)
-      guard case .block(let p, let o, false, false) = held[i], o > 0 else { return freeOne() }
-      a.splitPage(p, order: o)
-      held[i] = .run(p, count: 1 << o, frozen: false)
-      count("split")
-    }
-
-    func getPut() {
-      guard let h = takeRandom() else { return }
-      switch h {
-      case .block(let p, let o, false, let compound):
-        a.getPage(p)
-        if rng.chance(0.5) {
-          a.putPage(p)
-          hold(h)
-          count("get-put")
+      case 46..<51 where !overBudget:
+        run(.allocBulk(count: 1 + rng.below(64), gfp: rng.chance(0.5) ? .kernel : .highUserMovable))
+      case 51..<53 where !overBudget:
+        let frozen = rng.chance(0.3)
+        if rng.chance(0.2) {
+          // A range chosen at random: usually busy (no migration).
+          let n = 1 + rng.below(1024)
+          let start = PFN(rng.below(a.pfnSpan.upperBound.value))
+          run(.allocContigRange(start..<(start + n), gfp: .kernel, frozen: frozen))
         } else {
-          // lib/test_free_pages.c: a speculative reference outlives free_pages(); the
-          // tail halves go now, the head at the last put.
-          a.freePages(p, order: o)
-          a.putPage(p)
-          count(compound ? "get-free-put-compound" : "get-free-put")
+          let n = rng.chance(0.7) ? 1 << (4 + rng.below(8)) : 1 + rng.below(3000)
+          run(.allocContig(count: n, gfp: [.kernel, .noWarn], frozen: frozen))
         }
-      case .run(let p, let n, false):
-        let q = p + rng.below(n)
-        a.getPage(q)
-        a.putPage(q)
-        hold(h)
-        count("get-put")
-      case .pages(let ps):
-        let q = ps[rng.below(ps.count)]
-        a.getPage(q)
-        a.putPage(q)
-        hold(h)
-        count("get-put")
+      case 53:
+        run(.drain)
       default:
-        hold(h)
+        freeOne()
       }
     }
 
     func freeOne() {
-      guard let h = takeRandom() else { return }
-      release(h, random: true)
-    }
-
-    /// Frees a held item the well-behaved way (a random one of the valid ways).
-    func release(_ h: Held, random: Bool) {
-      let pick = random ? rng.below(4) : 0
-      switch h {
-      case .block(let p, let o, false, _):
-        if pick < 2 {
-          a.freePages(p, order: o)
-          count("free-pages")
-        } else {
-          a.putPage(p)
-          count("put-page")
-        }
-      case .block(let p, let o, true, let compound):
-        if pick < 2 || compound {
-          a.freeFrozenPages(p, order: o)
-          count("free-frozen")
-        } else {
-          a.freeContigFrozenRange(p, count: 1 << o)
-          count("free-contig-frozen")
-        }
-      case .run(let p, let n, let frozen):
-        if random && n > 2 && pick == 3 {
-          // Free a middle part, keep both ends.
-          let a0 = 1 + rng.below(n - 2)
-          let k = 1 + rng.below(n - a0 - 1)
-          if frozen { a.freeContigFrozenRange(p + a0, count: k) } else { a.freeContigRange(p + a0, count: k) }
-          hold(.run(p, count: a0, frozen: frozen))
-          hold(.run(p + a0 + k, count: n - a0 - k, frozen: frozen))
-          count(frozen ? "free-contig-frozen-part" : "free-contig-part")
-        } else if pick == 2 && n <= 64 {
-          for i in 0..<n {
-            if frozen { a.freeFrozenPages(p + i, order: 0) } else { a.putPage(p + i) }
-          }
-          count("free-per-page")
-        } else if pick == 1 && !frozen {
-          var pfns = (0..<n).map { p + $0 }
-          if rng.chance(0.5) { shuffle(&pfns) }
-          a.freePagesBulk(pfns)
-          count("free-pages-bulk")
-        } else {
-          if frozen { a.freeContigFrozenRange(p, count: n) } else { a.freeContigRange(p, count: n) }
-          count(frozen ? "free-contig-frozen" : "free-contig")
-        }
-      case .pages(var ps):
-        if pick < 2 {
-          if rng.chance(0.5) { ps.sort() } else { shuffle(&ps) }
-          a.freePagesBulk(ps)
-          count("free-pages-bulk")
-        } else {
-          for q in ps { a.putPage(q) }
-          count("free-per-page")
-        }
-      }
-    }
-
-    func shuffle(_ x: inout [PFN]) {
-      if x.count < 2 { return }
-      for i in stride(from: x.count - 1, to: 0, by: -1) { x.swapAt(i, rng.below(i + 1)) }
+      guard !sequence.held.isEmpty else { return }
+      let way = APISequence.FreeWay(rawValue: rng.below(4))!
+      run(.free(pick: rng.below(sequence.held.count), way: way, choice: rng.next()))
     }
 
     // MARK: Bad frees (run with every other worker paused)
@@ -492,7 +355,7 @@ public enum StressEngine {
         } else { done = false }
       }
       guard done else { return }
-      count("bad-free")
+      byKind["bad-free", default: 0] += 1
       badInjected += 1
       badByKind[kind.rawValue, default: 0] += 1
       let delta = a.badPageCount - before
@@ -596,7 +459,7 @@ public enum StressEngine {
     for t in 0..<n {
       guard let w = workers[t] else { continue }
       summary.operations += w.ops
-      for (k, v) in w.byKind { summary.operationsByKind[k, default: 0] += v }
+      for (k, v) in w.operationsByKind { summary.operationsByKind[k, default: 0] += v }
       summary.allocationFailures += w.allocFailures
       summary.contigBusy += w.contigBusy
       summary.verifications += w.verifications
@@ -609,8 +472,7 @@ public enum StressEngine {
     for t in 0..<n {
       guard let w = workers[t] else { continue }
       PageAllocator.setThreadCPU(t % max(n, 2))
-      while let h = w.held.popLast() { w.release(h, random: false) }
-      w.heldPages = 0
+      w.sequence.releaseAll()
       for e in extensions { e.finish(a, thread: t) }
     }
     summary.extensionReports = prepareFailures + extensions.map { $0.report() }

@@ -5,50 +5,29 @@ import CPageAllocShim
 import Glibc
 import Synchronization
 
-/// The stress engine's random numbers: splitmix64-seeded xoshiro256**, deterministic for a
-/// seed on every platform.
-public struct StressRandom: Sendable {
-  var s0: UInt64, s1: UInt64, s2: UInt64, s3: UInt64
+/// The stress engine's random numbers, handed to every ``StressExtension`` step:
+/// deterministic for a seed on every platform.
+///
+/// A public face over the package's one generator (`SeededRandom`, xoshiro256** seeded by
+/// splitmix64), which stays package-internal: extensions outside the package need a public
+/// type, and the forwarding is inlined away.
+@frozen
+public struct StressRandom: RandomNumberGenerator, Sendable {
+  @usableFromInline package var generator: SeededRandom
 
-  public init(seed: UInt64) {
-    var x = seed
-    func splitmix(_ x: inout UInt64) -> UInt64 {
-      x &+= 0x9E37_79B9_7F4A_7C15
-      var z = x
-      z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-      z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-      return z ^ (z >> 31)
-    }
-    s0 = splitmix(&x)
-    s1 = splitmix(&x)
-    s2 = splitmix(&x)
-    s3 = splitmix(&x)
-  }
+  @inlinable
+  public init(seed: UInt64) { generator = SeededRandom(seed: seed) }
 
-  @inline(__always)
-  public mutating func next() -> UInt64 {
-    let result = ((s1 &* 5) << 7 | (s1 &* 5) >> 57) &* 9
-    let t = s1 << 17
-    s2 ^= s0
-    s3 ^= s1
-    s1 ^= s2
-    s0 ^= s3
-    s2 ^= t
-    s3 = (s3 << 45) | (s3 >> 19)
-    return result
-  }
+  @inlinable @inline(__always)
+  public mutating func next() -> UInt64 { generator.next() }
 
   /// A uniform integer in `0..<n` (n > 0).
-  @inline(__always)
-  public mutating func below(_ n: Int) -> Int {
-    Int(truncatingIfNeeded: (next() >> 1) % UInt64(n))
-  }
+  @inlinable @inline(__always)
+  public mutating func below(_ n: Int) -> Int { generator.below(n) }
 
   /// True with probability `p` (0...1).
-  @inline(__always)
-  public mutating func chance(_ p: Double) -> Bool {
-    Double(next() >> 11) * (1.0 / 9_007_199_254_740_992.0) < p
-  }
+  @inlinable @inline(__always)
+  public mutating func chance(_ p: Double) -> Bool { generator.chance(p) }
 }
 
 /// A workload plugged into `pagealloc stress` (vmalloc: ``VMallocStressExtension``).

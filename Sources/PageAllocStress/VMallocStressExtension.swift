@@ -1,6 +1,6 @@
 import PageAlloc
-import _PageAllocUtilities
 import PageAllocVMalloc
+import _PageAllocUtilities
 
 /// The vmalloc part of `pagealloc stress`: each worker thread vmallocs and vfrees
 /// areas of random sizes and vmaps pages it allocated itself, checking every byte pattern it

@@ -5,25 +5,25 @@ import Glibc
 /// One `mm_page_alloc` / `mm_page_free` line of a kernel trace, or a line that names one
 /// of them but does not parse.
 @usableFromInline
-struct ReplayEvent {
-  @usableFromInline enum Kind: UInt8 {
+package struct ReplayEvent {
+  @usableFromInline package enum Kind: UInt8 {
     case alloc = 0
     case free = 1
     /// `pfn` holds the index of the reason in ``ParsedTrace/malformedReasons``.
     case malformed = 2
   }
   /// The pfn (below 2^32 - 2), or for `.malformed` the reason's index.
-  @usableFromInline var pfn32: UInt32
-  @usableFromInline var line: Int32
-  @usableFromInline var cpu: UInt16
-  @usableFromInline var order: UInt8
-  @usableFromInline var kind: Kind
+  @usableFromInline package var pfn32: UInt32
+  @usableFromInline package var line: Int32
+  @usableFromInline package var cpu: UInt16
+  @usableFromInline package var order: UInt8
+  @usableFromInline package var kind: Kind
   /// `migratetype=` of an mm_page_alloc line (0...5), or ``ReplayEvent/unknownType``.
-  @usableFromInline var migrateType: UInt8
+  @usableFromInline package var migrateType: UInt8
 
-  @usableFromInline static let unknownType: UInt8 = 7
+  @usableFromInline package static let unknownType: UInt8 = 7
 
-  @inlinable var pfn: Int { Int(pfn32) }
+  @inlinable package var pfn: Int { Int(pfn32) }
 
   @inlinable
   init(pfn: Int, line: Int32, cpu: UInt16, order: UInt8, kind: Kind, migrateType: UInt8 = ReplayEvent.unknownType) {
@@ -38,15 +38,17 @@ struct ReplayEvent {
 
 /// What the parser found in a whole trace.
 @usableFromInline
-struct ParsedTrace {
-  @usableFromInline var events: ContiguousArray<ReplayEvent> = []
-  @usableFromInline var malformedReasons: [String] = []
-  @usableFromInline var linesRead = 0
+package struct ParsedTrace {
+  @usableFromInline package var events: ContiguousArray<ReplayEvent> = []
+  @usableFromInline package var malformedReasons: [String] = []
+  @usableFromInline package var linesRead = 0
   /// Lines that are not an event we use (headers, other events, mm_page_free_batched...).
-  @usableFromInline var linesIgnored = 0
+  @usableFromInline package var linesIgnored = 0
   /// `mm_page_alloc` lines of failed allocations (page=0, pfn=0).
-  @usableFromInline var allocFailures = 0
-  @usableFromInline var maxCPU = 0
+  @usableFromInline package var allocFailures = 0
+  @usableFromInline package var maxCPU = 0
+
+  package init() {}
 }
 
 /// A byte-level parser of kmem trace text: the ftrace `trace` file, `trace-cmd report` and
@@ -63,11 +65,11 @@ struct ParsedTrace {
 /// The hot loop reads bytes through an unsafe pointer: no `String` is made for a good
 /// line.
 @usableFromInline
-enum KmemTraceParser {
+package enum KmemTraceParser {
   /// The largest pfn a replay accepts (PageAlloc pfns are 32-bit).
-  static let pfnLimit = Int(UInt32.max) - 2
+  package static let pfnLimit = Int(UInt32.max) - 2
 
-  static func parse(_ buffer: UnsafeRawBufferPointer) -> ParsedTrace {
+  package static func parse(_ buffer: UnsafeRawBufferPointer) -> ParsedTrace {
     var out = ParsedTrace()
     out.events.reserveCapacity(buffer.count / 160 + 16)
     feed(buffer, &out)
@@ -77,7 +79,7 @@ enum KmemTraceParser {
   /// Parses every line of `buffer` into `out`, numbering lines on from `out.linesRead`.
   /// A streaming caller feeds whole lines (up to a newline) and the unterminated last line
   /// at the end.
-  static func feed(_ buffer: UnsafeRawBufferPointer, _ out: inout ParsedTrace) {
+  package static func feed(_ buffer: UnsafeRawBufferPointer, _ out: inout ParsedTrace) {
     guard let base = buffer.baseAddress?.assumingMemoryBound(to: UInt8.self), buffer.count > 0 else { return }
     let n = buffer.count
     var i = 0

@@ -45,16 +45,16 @@ public enum InfoWorkload: String, CaseIterable, Sendable {
         if i % 3 == 0 { a.freePages(p, order: 9) } else { live.append((p, 9)) }
       }
     case .random:
-      var rng = SplitMix(seed: seed)
+      var rng = SeededRandom(seed: seed)
       let types: [GFP] = [.kernel, .highUserMovable, [.kernel, .reclaimable]]
       for _ in 0..<40000 {
-        if !live.isEmpty && rng.next() % 100 < 45 {
-          let i = Int(rng.next() % UInt64(live.count))
+        if !live.isEmpty && rng.below(100) < 45 {
+          let i = rng.below(live.count)
           let b = live.swapAt(i)
           a.freePages(b.pfn, order: b.order)
         } else {
-          let order = Int(rng.next() % 4)
-          let gfp = types[Int(rng.next() % 3)].union(.noWarn)
+          let order = rng.below(4)
+          let gfp = types[rng.below(3)].union(.noWarn)
           if let p = a.allocPages(order: order, gfp: gfp) { live.append((p, order)) }
         }
       }
@@ -82,18 +82,5 @@ extension Array where Element == (pfn: PFN, order: Int) {
     self[i] = self[count - 1]
     removeLast()
     return e
-  }
-}
-
-/// SplitMix64: a small deterministic generator for workloads.
-struct SplitMix {
-  var state: UInt64
-  init(seed: UInt64) { state = seed }
-  mutating func next() -> UInt64 {
-    state &+= 0x9E37_79B9_7F4A_7C15
-    var z = state
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
   }
 }

@@ -1,7 +1,8 @@
 import Glibc
 import Synchronization
 
-/// `pthread_create` failed: no thread of the group ran.
+/// `pthread_create` failed: the threads created before the failure ran their bodies and
+/// were joined; the others never started.
 package struct ThreadSpawnError: Error, CustomStringConvertible {
   package var code: Int32
   package var description: String { "pthread_create failed (\(code))" }

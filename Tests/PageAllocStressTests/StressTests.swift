@@ -86,8 +86,8 @@ import _PageAllocUtilities
 @Suite struct StressConcurrencyTests {
   @Test(arguments: [2, 3])
   func mixedAllocFreeContigAccountsForEveryPage(threads: Int) throws {
-    let a = try PageAllocator(configuration: .normal(pages: 1 << 15, cpuCount: 2, backing: .none))
-    let verifyErrors = Mutex<[String]>([])
+    let a = try makeAllocator(pages: 1 << 15, cpus: 2)
+    let verifyErrors = LockedState<[String]>([])
     let contigs = Atomic<Int>(0)
     try runOnThreads(threads + 1) { t in
       if t == threads {
@@ -98,51 +98,34 @@ import _PageAllocUtilities
         return
       }
       var rng = StressRandom(seed: UInt64(t + 1))
-      var blocks: [(PFN, Int)] = []
-      var runs: [(PFN, Int, Bool)] = []
+      var d = APISequence(a)
       for _ in 0..<6000 {
+        let last = d.held.count - 1
         switch rng.below(12) {
         case 0..<4:
-          let o = rng.below(6)
-          if let p = a.allocPages(order: o, gfp: [.kernel, .noWarn]) { blocks.append((p, o)) }
+          d.step(.alloc(order: rng.below(6), gfp: [.kernel, .noWarn], frozen: false))
         case 4..<7:
-          if let b = blocks.popLast() {
-            if b.1 > 0 && rng.chance(0.5) {
-              a.splitPage(b.0, order: b.1)
-              a.freeContigRange(b.0, count: 1 << b.1)
-            } else {
-              a.freePages(b.0, order: b.1)
-            }
-          }
+          // The newest item; a block is split (then freed as a range) half the time.
+          if rng.chance(0.5) { d.step(.split(pick: last)) }
+          d.step(.free(pick: last, way: .plain, choice: 0))
         case 7:
           let n = 1 << (4 + rng.below(5))
-          let frozen = rng.chance(0.5)
-          let p = frozen ? a.allocContigFrozenPages(count: n, gfp: [.kernel, .noWarn])
-            : a.allocContigPages(count: n, gfp: [.kernel, .noWarn])
-          if let p {
-            runs.append((p, n, frozen))
+          if d.step(.allocContig(count: n, gfp: [.kernel, .noWarn], frozen: rng.chance(0.5))).outcome == .done {
             contigs.wrappingAdd(1, ordering: .relaxed)
           }
         case 8:
-          if let r = runs.popLast() {
-            if r.2 { a.freeContigFrozenRange(r.0, count: r.1) } else { a.freeContigRange(r.0, count: r.1) }
-          }
+          d.step(.free(pick: last, way: rng.chance(0.5) ? .plain : .part, choice: rng.next()))
         case 9:
           let start = PFN(rng.below(1 << 15))
           let n = 1 + rng.below(600)
-          if start.value + n <= 1 << 15, (try? a.allocContigRange(start..<(start + n), gfp: .kernel)) != nil {
-            runs.append((start, n, false))
-          }
+          if start.value + n <= 1 << 15 { d.step(.allocContigRange(start..<(start + n), gfp: .kernel, frozen: false)) }
         default:
-          var pages: [PFN] = []
-          a.allocPagesBulk(count: 1 + rng.below(32), gfp: .kernel, into: &pages)
-          a.freePagesBulk(pages)
+          let before = d.held.count
+          d.step(.allocBulk(count: 1 + rng.below(32), gfp: .kernel))
+          if d.held.count > before { d.step(.free(pick: before, way: .plain, choice: 0)) }
         }
       }
-      for b in blocks { a.freePages(b.0, order: b.1) }
-      for r in runs {
-        if r.2 { a.freeContigFrozenRange(r.0, count: r.1) } else { a.freeContigRange(r.0, count: r.1) }
-      }
+      d.releaseAll()
     }
     #expect(verifyErrors.withLock { $0 } == [])
     #expect(contigs.load(ordering: .relaxed) > 0)

@@ -5,7 +5,7 @@ import PageAllocTestSupport
 @testable import PageAllocVMalloc
 @testable import PageAllocStress
 
-/// `pagealloc stress` with the vmalloc extension (issue 6).
+/// `pagealloc stress` with the vmalloc extension.
 @Suite struct StressVMallocTests {
   func config(threads: Int, ops: Int, seed: UInt64, faultPercent: Int = 2, weight: Int = 8) -> StressConfiguration {
     StressConfiguration(

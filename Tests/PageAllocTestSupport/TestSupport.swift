@@ -1,18 +1,12 @@
 import PageAlloc
+import PageAllocStress
+import PageAllocVMalloc
 import Testing
 import _PageAllocUtilities
 
-/// A deterministic xorshift generator for test workloads.
-package struct TestRNG: RandomNumberGenerator {
-  var state: UInt64
-  package init(seed: UInt64) { state = seed == 0 ? 0x9E37_79B9_7F4A_7C15 : seed }
-  package mutating func next() -> UInt64 {
-    state ^= state << 13
-    state ^= state >> 7
-    state ^= state << 17
-    return state
-  }
-}
+/// The tests' random numbers: the package's one generator, so a seed names the same
+/// workload in a test as in the tools.
+package typealias TestRNG = SeededRandom
 
 package func makeAllocator(
   pages: Int = 1 << 16, cpus: Int = 1, section: Int = 1 << 15, backing: Backing = .none,
@@ -22,6 +16,28 @@ package func makeAllocator(
     configuration: .init(
       zones: [ZoneConfiguration(kind: .normal, pfns: PFN(0)..<PFN(pages))], cpuCount: cpus,
       backing: backing, sectionPages: section, holes: holes, poisonPages: poison))
+}
+
+/// A memfd-backed allocator (one Normal zone, two CPUs) and a vmalloc over it.
+package func makeVMalloc(
+  pages: Int = 1 << 14, vmalloc config: VMalloc.Configuration = .init()
+) throws -> (PageAllocator, VMalloc) {
+  let a = try PageAllocator(configuration: .normal(pages: pages, cpuCount: 2, backing: .memfd))
+  let v = try VMalloc(allocator: a, configuration: config)
+  return (a, v)
+}
+
+/// An allocator of one Normal zone (backing `.none`) with a `TraceBuffer` as its sink.
+package func makeTracedAllocator(pages: Int = 1 << 16, cpus: Int = 1) throws -> (PageAllocator, TraceBuffer) {
+  let a = try makeAllocator(pages: pages, cpus: cpus)
+  let t = TraceBuffer()
+  a.setTraceSink(t)
+  return (a, t)
+}
+
+/// The fuzzer's allocator (`APISequence.fuzzConfiguration`), for the regressions it found.
+package func makeFuzzAllocator() throws -> PageAllocator {
+  try PageAllocator(configuration: APISequence.fuzzConfiguration)
 }
 
 /// Allocates order-10 blocks until every page of `range` is allocated, splits them, and

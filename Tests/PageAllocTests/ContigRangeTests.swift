@@ -3,10 +3,6 @@ import Testing
 import PageAllocTestSupport
 
 @Suite struct ContigRangeTests {
-  func make(pages: Int = 1 << 16, cpus: Int = 2) throws -> PageAllocator {
-    try PageAllocator(configuration: .normal(pages: pages, cpuCount: cpus, backing: .none))
-  }
-
   func pageblockTypes(_ a: PageAllocator) -> [MigrateType?] {
     stride(from: 0, to: a.pfnSpan.upperBound.value, by: PageGeometry.pageblockPages).map { a.migrateType(of: PFN($0)) }
   }
@@ -18,7 +14,7 @@ import PageAllocTestSupport
   @Test("allocContigRange takes exactly the range; freeContigRange returns everything",
     arguments: [(0, 16384), (16384, 16384), (1000, 3000), (513, 1), (4095, 2), (60000, 5536)])
   func roundTrip(start: Int, count: Int) throws {
-    let a = try make()
+    let a = try makeAllocator(cpus: 2)
     let before = snapshot(a)
     let types = pageblockTypes(a)
     let range = PFN(start)..<PFN(start + count)
@@ -41,7 +37,7 @@ import PageAllocTestSupport
   }
 
   @Test func frozenVariantRoundTrip() throws {
-    let a = try make()
+    let a = try makeAllocator(cpus: 2)
     let before = snapshot(a)
     try a.allocContigFrozenRange(PFN(2048)..<PFN(2048 + 4096), gfp: .kernel)
     #expect(a.refcount(of: PFN(2048)) == 0)
@@ -54,7 +50,7 @@ import PageAllocTestSupport
   }
 
   @Test func compoundRange() throws {
-    let a = try make()
+    let a = try makeAllocator(cpus: 2)
     try a.allocContigRange(PFN(1024)..<PFN(2048), gfp: [.kernel, .comp])
     #expect(a.refcount(of: PFN(1024)) == 1)
     #expect(a.refcount(of: PFN(1025)) == 0)
@@ -66,7 +62,7 @@ import PageAllocTestSupport
   }
 
   @Test func busyRangeLeavesStateIdentical() throws {
-    let a = try make()
+    let a = try makeAllocator(cpus: 2)
     // Fragment the memory a little: allocations of several orders, some freed.
     var held: [(PFN, Int)] = []
     for i in 0..<200 {
@@ -99,7 +95,7 @@ import PageAllocTestSupport
   }
 
   @Test func isolationIsUndoneAndAccounted() throws {
-    let a = try make()
+    let a = try makeAllocator(cpus: 2)
     let z = a.zones
     let nrFree = z.pointee.nrFreePages.load(ordering: .relaxed)
     // Isolate by hand: NR_FREE_PAGES drops by the isolated free pages, verify holds.
@@ -141,7 +137,7 @@ import PageAllocTestSupport
 
   @Test("allocContigPages returns a naturally aligned range", arguments: [1, 16, 512, 1024, 4096, 16384, 3000])
   func allocContigPagesAligned(count: Int) throws {
-    let a = try make()
+    let a = try makeAllocator(cpus: 2)
     // Some pages in use so the first candidates are busy.
     var held: [PFN] = []
     for _ in 0..<50 { held.append(try #require(a.allocPages(order: 0, gfp: .kernel))) }
@@ -158,7 +154,7 @@ import PageAllocTestSupport
   }
 
   @Test func allocContigPagesFailsWhenNothingFits() throws {
-    let a = try make(pages: 1 << 14)
+    let a = try makeAllocator(pages: 1 << 14, cpus: 2)
     #expect(a.allocContigPages(count: 1 << 15, gfp: [.kernel, .noWarn]) == nil)
     let held = a.allocPages(order: 0, gfp: .kernel)!
     _ = held
@@ -171,7 +167,7 @@ import PageAllocTestSupport
 
 extension ContigRangeTests {
   @Test func allocContigPagesRejectsImpossibleRequests() throws {
-    let a = try make(pages: 1 << 14)
+    let a = try makeAllocator(pages: 1 << 14, cpus: 2)
     #expect(a.allocContigPages(count: Int.max, gfp: .kernel) == nil)
     #expect(a.allocContigPages(count: 0, gfp: .kernel) == nil)
     #expect(a.allocContigPages(count: 3, gfp: [.kernel, .comp]) == nil)

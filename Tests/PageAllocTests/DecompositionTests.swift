@@ -2,7 +2,7 @@
 import Testing
 import PageAllocTestSupport
 
-/// kernel-model.md section 2: the chunked free's decomposition, exactly.
+/// The chunked free's decomposition (`__free_contig_range`: the largest aligned chunks), exactly.
 @Suite(.serialized) struct DecompositionTests {
   init() { PageAllocator.setThreadCPU(0) }
 

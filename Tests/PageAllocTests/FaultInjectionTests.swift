@@ -5,13 +5,9 @@ import Testing
 import PageAllocTestSupport
 
 @Suite struct FaultInjectionTests {
-  private func allocator() throws -> PageAllocator {
-    try PageAllocator(configuration: .normal(pages: 1 << 13, cpuCount: 2, backing: .none))
-  }
-
   @Test("probability 0 and 100, times, interval")
   func basics() throws {
-    let a = try allocator()
+    let a = try makeAllocator(pages: 1 << 13, cpus: 2)
     a.setFaultInjection(FaultInjection(probability: 100, times: 3))
     var fails = 0
     for _ in 0..<10 { if let p = a.allocPages(order: 0, gfp: .kernel) { a.freePages(p, order: 0) } else { fails += 1 } }
@@ -33,7 +29,7 @@ import PageAllocTestSupport
 
   @Test("filters: min order, .noFail, highmem, direct reclaim, .noWarn")
   func filters() throws {
-    let a = try allocator()
+    let a = try makeAllocator(pages: 1 << 13, cpus: 2)
     func fails(_ f: FaultInjection, order: Int, _ gfp: GFP) -> Bool {
       a.setFaultInjection(f)
       defer { a.setFaultInjection(nil) }
@@ -61,7 +57,7 @@ import PageAllocTestSupport
 
   @Test("space: failures wait until the page budget is used")
   func space() throws {
-    let a = try allocator()
+    let a = try makeAllocator(pages: 1 << 13, cpus: 2)
     a.setFaultInjection(FaultInjection(probability: 100, space: 10))
     var ok = 0
     while let p = a.allocPages(order: 1, gfp: .kernel) {
@@ -75,7 +71,7 @@ import PageAllocTestSupport
   @Test("a seed reproduces the same failures", arguments: [1 as UInt64, 42, 0xdead_beef])
   func reproducible(seed: UInt64) throws {
     func run() throws -> [Bool] {
-      let a = try allocator()
+      let a = try makeAllocator(pages: 1 << 13, cpus: 2)
       a.setFaultInjection(FaultInjection(probability: 30, seed: seed))
       return (0..<200).map { _ in
         guard let p = a.allocPages(order: 0, gfp: .kernel) else { return true }

@@ -4,19 +4,10 @@ import PageAllocTestSupport
 
 /// Regressions found by the API-sequence fuzzer (Fuzz/APISequenceFuzz.swift).
 @Suite struct HostileInputTests {
-  func make() throws -> PageAllocator {
-    try PageAllocator(
-      configuration: .init(
-        zones: [
-          ZoneConfiguration(kind: .dma, pfns: PFN(0)..<PFN(1000)),
-          ZoneConfiguration(kind: .normal, pfns: PFN(1000)..<PFN(8192)),
-        ], cpuCount: 2, backing: .none, sectionPages: 1024, holes: [PFN(4096)..<PFN(5120)]))
-  }
-
   /// fuzz crash 240a0425: a frozen free over free memory freed the pages behind a free
   /// block's head a second time (only the head was checked).
   @Test func frozenRangeOverFreeBlocksFreesNothing() throws {
-    let a = try make()
+    let a = try makeFuzzAllocator()
     let before = a.freeBlocks().map { "\($0.pfn)/\($0.order)" }
     a.freeContigFrozenRange(PFN(934), count: 37)
     try a.verify()
@@ -30,7 +21,7 @@ import PageAllocTestSupport
 extension HostileInputTests {
   /// fuzz: setPageFlags on a page freed already put a flag on a free block's head.
   @Test func setPageFlagsOnFreePagesIsIgnored() throws {
-    let a = try make()
+    let a = try makeFuzzAllocator()
     let p = try #require(a.allocPages(order: 0, gfp: .kernel))
     a.freePages(p, order: 0)
     a.setPageFlags(p, .private)
@@ -47,7 +38,7 @@ extension HostileInputTests {
   /// fuzz bbffbbbbffbb: DMA allocations claimed the pageblock 512..<1024 that the DMA
   /// zone (ending at 1000) shares with the Normal zone, re-typing Normal's free blocks.
   @Test func pageblockStraddlingZonesIsNeverClaimed() throws {
-    let a = try make()
+    let a = try makeFuzzAllocator()
     var pages: [PFN] = []
     a.allocPagesBulk(count: 255, gfp: [.kernel, .dma32], into: &pages)
     a.allocPagesBulk(count: 255, gfp: [.kernel, .dma32], into: &pages)
@@ -62,7 +53,7 @@ extension HostileInputTests {
   /// fuzz d0ffc0194c840355d0: a frozen range over a frozen allocation and free blocks: the
   /// freed allocation merged with free blocks ahead, whose pages then looked frozen.
   @Test func frozenRangeMergingAheadIsContained() throws {
-    let a = try make()
+    let a = try makeFuzzAllocator()
     let p = try #require(a.allocContigFrozenPages(count: 256, gfp: .kernel))
     #expect(p == PFN(1024))
     a.freeContigFrozenRange(PFN(800), count: 2333)
@@ -78,7 +69,7 @@ extension HostileInputTests {
   /// fuzz 28b02bb0282828: a frozen range freed the tails of an allocated block; freeing
   /// the block then salvaged the "clean" pages inside those free blocks a second time.
   @Test func blockFreeAfterHostileFrozenRangeIsContained() throws {
-    let a = try make()
+    let a = try makeFuzzAllocator()
     let p = try #require(a.allocPages(order: 8, gfp: [.kernel, .dma32]))
     a.freeContigFrozenRange(p + 180, count: 40)
     try a.verify()
@@ -94,7 +85,7 @@ extension HostileInputTests {
   /// fuzz 00691fff03020069: a hostile frozen free of a tail page, then the owner's
   /// split_page gave the free page a reference.
   @Test func splitPageSkipsFreedTails() throws {
-    let a = try make()
+    let a = try makeFuzzAllocator()
     let p = try #require(a.allocPages(order: 9, gfp: [.kernel, .dma32]))
     a.freeFrozenPages(p + 415, order: 0)
     a.splitPage(p, order: 9)
@@ -105,5 +96,32 @@ extension HostileInputTests {
     a.drainAllPages()
     try a.verify()
     #expect(a.freePageCount + a.quarantinedPageCount == a.managedPageCount)
+  }
+}
+
+extension HostileInputTests {
+  /// fuzz 005230 30f8f6 3834f8: a hostile frozen range frees the tails of an allocated
+  /// order-10 block (their refcount is 0, as a frozen page's), then the owner takes a
+  /// speculative reference and calls freePages: `__free_pages` frees the tail halves at
+  /// once, and those halves overlap the blocks the frozen range already freed. The plain
+  /// block free contains this (`blockFreeAfterHostileFrozenRangeIsContained`); the
+  /// tail-half loop under a reference does not yet: verify() finds overlapping free blocks.
+  @Test func speculativeTailFreeAfterHostileFrozenRange() throws {
+    let a = try makeFuzzAllocator()
+    PageAllocator.setThreadCPU(0)
+    defer { PageAllocator.setThreadCPU(nil) }
+    let p = try #require(a.allocPages(order: 10, gfp: .kernel))
+    a.freeContigFrozenRange(p + 0xf8, count: 1368)
+    #expect(a.badPageCount > 0)
+    try a.verify()
+    a.getPage(p)
+    a.freePages(p, order: 10)
+    withKnownIssue("the tail halves freed under a speculative reference are not checked page by page") {
+      try a.verify()
+      a.putPage(p)
+      a.drainAllPages()
+      try a.verify()
+      #expect(a.freePageCount + a.quarantinedPageCount == a.managedPageCount)
+    }
   }
 }

@@ -1,84 +1,65 @@
 @testable import PageAlloc
+import PageAllocStress
 import Testing
 import PageAllocTestSupport
 
 /// The differential oracle: the chunked free against the per-page free it replaced.
 @Suite struct OracleTests {
-  /// What the test owns: order-0 pages (with their refcount) and unsplit blocks.
-  struct Model {
-    var pages: [Int: Int32] = [:]
-    var blocks: [Int: Int] = [:]
-    var allocated: Set<Int> {
-      var s = Set(pages.keys)
-      for (h, o) in blocks { for i in 0..<(1 << o) { s.insert(h + i) } }
-      return s
-    }
-  }
-
-  /// Applies the same random history to every allocator given; returns the model.
-  static func history(_ allocs: [PageAllocator], seed: UInt64, steps: Int) throws -> Model {
+  /// Builds the same random history on every allocator given, one API-sequence driver
+  /// each: allocations (two in three split into order-0 pages at once), frees of whole
+  /// blocks, page-by-page frees of stretches of our order-0 pages, and extra references on
+  /// them. Only per-page frees, so the history does not depend on the chunked free under
+  /// test. Every call returns the same on every allocator, and the drivers' models stay
+  /// equal. Picks come from the models, which list what is held in a fixed order, so a
+  /// seed names one history.
+  static func history(_ allocs: [PageAllocator], seed: UInt64, steps: Int) -> [APISequence] {
+    var drivers = allocs.map { APISequence($0) }
     var rng = TestRNG(seed: seed)
-    var m = Model()
     let gfps: [GFP] = [.kernel, .highUserMovable, [.kernel, .reclaimable], .atomic]
+    @discardableResult func apply(_ op: APISequence.Op) -> APISequence.Step {
+      let steps = drivers.indices.map { drivers[$0].step(op) }
+      #expect(Set(steps).count == 1, "allocators diverged at \(op)")
+      #expect(drivers.allSatisfy { $0.held == drivers[0].held }, "models diverged at \(op)")
+      return steps[0]
+    }
     for _ in 0..<steps {
-      let r = Int(rng.next() % 100)
+      let held = drivers[0].held
+      let blocks = held.items.indices.filter { if case .block = held[$0] { true } else { false } }
+      let pages = held.items.indices.filter { if case .block = held[$0] { false } else { true } }
+      let r = rng.below(100)
       if r < 45 {
-        let order = Int(rng.next() % 11)
-        let gfp = gfps[Int(rng.next() % 4)].union(.noWarn)
-        let got = allocs.map { $0.allocPages(order: order, gfp: gfp) }
-        #expect(Set(got.map { $0?.value ?? -1 }).count == 1, "allocators diverged")
-        guard let p = got[0] else { continue }
-        if rng.next() % 3 != 0 {
-          for a in allocs { a.splitPage(p, order: order) }
-          for i in 0..<(1 << order) { m.pages[p.value + i] = 1 }
-        } else {
-          m.blocks[p.value] = order
-        }
-      } else if r < 65, let (h, o) = m.blocks.randomElement(using: &rng) {
-        for a in allocs { a.freePages(PFN(h), order: o) }
-        m.blocks[h] = nil
-      } else if r < 90, !m.pages.isEmpty {
-        // Free a random contiguous run of our pages, page by page.
-        let keys = m.pages.keys.sorted()
-        var i = Int(rng.next() % UInt64(keys.count))
-        let n = Int(rng.next() % 40) + 1
-        var done = 0
-        while i < keys.count && done < n {
-          let p = keys[i]
-          for a in allocs { a.putPage(PFN(p)) }
-          m.pages[p]! -= 1
-          if m.pages[p]! == 0 { m.pages[p] = nil }
-          i += 1
-          done += 1
-        }
-      } else if !m.pages.isEmpty {
-        let p = m.pages.keys.randomElement(using: &rng)!
-        for a in allocs { a.getPage(PFN(p)) }
-        m.pages[p]! += 1
+        let split = rng.below(3) != 0
+        let step = apply(.alloc(order: rng.below(11), gfp: gfps[rng.below(4)].union(.noWarn), frozen: false))
+        // The new block is the last item.
+        if step.outcome == .done && split { apply(.split(pick: drivers[0].held.count - 1)) }
+      } else if r < 65, !blocks.isEmpty {
+        apply(.free(pick: blocks[rng.below(blocks.count)], way: .plain, choice: 0))
+      } else if r < 90, !pages.isEmpty {
+        let pick = pages[rng.below(pages.count)]
+        apply(.freeStretch(pick: pick, page: rng.below(1 << 10), count: 1 + rng.below(40), way: .perPage, choice: 0))
+      } else if !pages.isEmpty {
+        apply(.get(pick: pages[rng.below(pages.count)], page: rng.below(1 << 10)))
       }
     }
-    return m
+    return drivers
   }
 
   @Test(arguments: 0..<24) func chunkedFreeMatchesPerPageFree(seed: Int) throws {
     let pages = 1 << 14
     let chunked = try makeAllocator(pages: pages, cpus: 1, section: 1024)
     let perPage = try makeAllocator(pages: pages, cpus: 1, section: 1024)
-    var m = try Self.history([chunked, perPage], seed: UInt64(seed) &+ 101, steps: 300)
-    // The range: a contiguous stretch of our order-0 pages (some with extra references).
+    var d = Self.history([chunked, perPage], seed: UInt64(seed) &+ 101, steps: 300)
+    // The range: a stretch of our order-0 pages (some with extra references), up to 3000.
     var rng = TestRNG(seed: UInt64(seed) &+ 7)
-    let keys = m.pages.keys.sorted()
-    try #require(!keys.isEmpty)
-    var i = Int(rng.next() % UInt64(keys.count))
-    let start = keys[i]
-    while i + 1 < keys.count && keys[i + 1] == keys[i] + 1 && keys[i + 1] - start < 3000 { i += 1 }
-    let count = keys[i] - start + 1
-    chunked.freeContigRange(PFN(start), count: count)
-    for p in start..<(start + count) { perPage.putPage(PFN(p)) }
-    for p in start..<(start + count) {
-      m.pages[p]! -= 1
-      if m.pages[p]! == 0 { m.pages[p] = nil }
-    }
+    let held = d[0].held
+    let runs = held.items.indices.filter { if case .block = held[$0] { false } else { true } }
+    try #require(!runs.isEmpty)
+    let pick = runs[rng.below(runs.count)]
+    let page = rng.below(1 << 10)
+    let (range, _) = try #require(held.stretch(pick: pick, page: page, count: 3000))
+    d[0].step(.freeStretch(pick: pick, page: page, count: 3000, way: .plain, choice: 0))
+    d[1].step(.freeStretch(pick: pick, page: page, count: 3000, way: .perPage, choice: 0))
+    #expect(d[0].held == d[1].held)
     for a in [chunked, perPage] {
       #expect(a.badPageCount == 0)
       try a.verify()
@@ -87,13 +68,13 @@ import PageAllocTestSupport
     }
     let free1 = blocks(chunked.freeBlocks())
     let free2 = blocks(perPage.freeBlocks())
-    #expect(free1 == free2, "seed \(seed): range \(PFN(start)) + \(count)")
-    let allocated = m.allocated
+    #expect(free1 == free2, "seed \(seed): range \(range)")
+    let allocated = Set(d[0].held.allocatedPFNs().map(\.value))
     let freeSet = (0..<pages).filter { !allocated.contains($0) }
     #expect(free1 == blocks(canonicalBlocks(free: freeSet, sectionPages: 1024)))
     #expect(chunked.freePageCount + allocated.count == chunked.managedPageCount)
     // Both refcounts agree page by page.
-    for p in Swift.max(0, start - 64)..<Swift.min(pages, start + count + 64) {
+    for p in Swift.max(0, range.lowerBound.value - 64)..<Swift.min(pages, range.upperBound.value + 64) {
       #expect(chunked.refcount(of: PFN(p)) == perPage.refcount(of: PFN(p)))
     }
   }

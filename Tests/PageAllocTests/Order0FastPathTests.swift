@@ -5,12 +5,8 @@ import PageAllocTestSupport
 /// The order-0 free fast path (freePages / putPage -> freeOrder0Checked) and the split
 /// pcp refill keep the checks and accounting of the general path.
 @Suite struct Order0FastPathTests {
-  func allocator() throws -> PageAllocator {
-    try PageAllocator(configuration: .normal(pages: 1 << 15, backing: .none))
-  }
-
   @Test func manyPairsAndRefills() throws {
-    let a = try allocator()
+    let a = try makeAllocator(pages: 1 << 15, cpus: 2)
     let start = a.freePageCount
     var held: [PFN] = []
     // Enough order-0 allocations to refill the pcp many times, then free in two orders.
@@ -29,7 +25,7 @@ import PageAllocTestSupport
   }
 
   @Test func badOrder0FreesAreStillCaught() throws {
-    let a = try allocator()
+    let a = try makeAllocator(pages: 1 << 15, cpus: 2)
     let start = a.freePageCount
 
     // Double free: reported, lists intact.
@@ -66,7 +62,7 @@ import PageAllocTestSupport
   }
 
   @Test func splitPagesFreedOneByOne() throws {
-    let a = try allocator()
+    let a = try makeAllocator(pages: 1 << 15, cpus: 2)
     let start = a.freePageCount
     let p = try #require(a.allocPages(order: 5, gfp: .kernel))
     a.splitPage(p, order: 5)

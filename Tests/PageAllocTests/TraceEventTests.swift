@@ -1,23 +1,14 @@
-import CPageAllocShim
 import Testing
 
 @testable import PageAlloc
 import PageAllocTestSupport
 
-/// The kmem trace events fire where the kernel fires them (kernel-model.md 3.10), in
-/// ftrace's text format.
+/// The kmem trace events fire where the kernel fires them, in ftrace's text format.
 @Suite(.serialized) struct TraceEventTests {
-  func make(cpus: Int = 1) throws -> (PageAllocator, TraceBuffer) {
-    let a = try PageAllocator(configuration: .normal(pages: 1 << 16, cpuCount: cpus, backing: .none))
-    let t = TraceBuffer()
-    a.setTraceSink(t)
-    return (a, t)
-  }
-
   /// __free_contig_range: mm_page_free per order-0 page from free_pages_prepare(page, 0),
   /// nothing for the FPI_PREPARED chunk.
   @Test func freeContigRangeTracesEveryPageNotTheChunk() throws {
-    let (a, t) = try make()
+    let (a, t) = try makeTracedAllocator()
     let p = try #require(a.allocPages(order: 9, gfp: .kernel))
     a.splitPage(p, order: 9)
     t.removeAll()
@@ -32,7 +23,7 @@ import PageAllocTestSupport
 
   /// __free_pages of a block: one mm_page_free with the block's order.
   @Test func freePagesTracesTheBlockOnce() throws {
-    let (a, t) = try make()
+    let (a, t) = try makeTracedAllocator()
     let p = try #require(a.allocPages(order: 5, gfp: .kernel))
     t.removeAll()
     a.freePages(p, order: 5)
@@ -43,9 +34,9 @@ import PageAllocTestSupport
   /// percpu_refill=1), then the allocation traces mm_page_alloc; a non-pcp order traces
   /// zone_locked with percpu_refill=0.
   @Test func allocTracesZoneLockedThenAlloc() throws {
-    let (a, t) = try make()
-    cpa_set_thread_cpu_override(0)
-    defer { cpa_set_thread_cpu_override(-1) }
+    let (a, t) = try makeTracedAllocator()
+    PageAllocator.setThreadCPU(0)
+    defer { PageAllocator.setThreadCPU(nil) }
     let p = try #require(a.allocPages(order: 0, gfp: .highUserMovable))
     let ev = t.snapshot
     let locked = ev.filter { $0.kind == .pageAllocZoneLocked }
@@ -61,7 +52,7 @@ import PageAllocTestSupport
 
   /// A failed allocation traces mm_page_alloc with a NULL page (pfn printed as 0).
   @Test func failedAllocTracesNullPage() throws {
-    let (a, t) = try make()
+    let (a, t) = try makeTracedAllocator()
     while a.allocPages(order: 10, gfp: [.kernel, .noWarn]) != nil {}
     let last = try #require(t.snapshot.last)
     #expect(last.kind == .pageAlloc && last.pfn == nil)
@@ -72,7 +63,7 @@ import PageAllocTestSupport
 
   /// should_fail_alloc_page() fails in prepare_alloc_pages(), before the trace point.
   @Test func injectedFailureIsNotTraced() throws {
-    let (a, t) = try make()
+    let (a, t) = try makeTracedAllocator()
     a.setFaultInjection(FaultInjection(probability: 100))
     #expect(a.allocPages(order: 0, gfp: .kernel) == nil)
     #expect(t.snapshot.isEmpty)
@@ -80,9 +71,9 @@ import PageAllocTestSupport
 
   /// free_pcppages_bulk: mm_page_pcpu_drain per block, with its order and pageblock type.
   @Test func pcpDrainTracesEachBlock() throws {
-    let (a, t) = try make()
-    cpa_set_thread_cpu_override(0)
-    defer { cpa_set_thread_cpu_override(-1) }
+    let (a, t) = try makeTracedAllocator()
+    PageAllocator.setThreadCPU(0)
+    defer { PageAllocator.setThreadCPU(nil) }
     let p = try #require(a.allocPages(order: 3, gfp: .kernel))
     let q = try #require(a.allocPages(order: 0, gfp: .kernel))
     a.freePages(p, order: 3)
@@ -98,7 +89,7 @@ import PageAllocTestSupport
   }
 
   @Test func noEventsAfterTheSinkIsRemoved() throws {
-    let (a, t) = try make()
+    let (a, t) = try makeTracedAllocator()
     a.setTraceSink(nil)
     let p = try #require(a.allocPages(order: 2, gfp: .kernel))
     a.freePages(p, order: 2)

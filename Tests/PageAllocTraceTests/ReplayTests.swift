@@ -1,13 +1,13 @@
-import CPageAllocShim
 import Glibc
 import Testing
 
 @testable import PageAlloc
 import PageAllocTestSupport
+import _PageAllocUtilities
 @testable import PageAllocTrace
 @testable import PageAllocViews
 
-/// The real Linux 6.18 capture, kept in Tests/Fixtures (a copy of ../shared/traces).
+/// The real Linux 6.18 capture, kept in Tests/Fixtures (see its README).
 let realTracePath: String = {
   let file = "\(#filePath)"
   let root = file.firstRange(of: "/Tests/").map { String(file[..<$0.lowerBound]) } ?? "."
@@ -34,35 +34,8 @@ func writeTemp(_ name: String, _ bytes: [UInt8]) -> String {
   return path
 }
 
-/// The buddy allocator's canonical decomposition of a free set: every maximal aligned
-/// power-of-two block (order <= 10) whose pages are all free, inside [start, end).
-func canonicalBlocks(free: [Bool], start: Int) -> [(pfn: PFN, order: Int)] {
-  var prefix = [Int](repeating: 0, count: free.count + 1)
-  for i in 0..<free.count { prefix[i + 1] = prefix[i] + (free[i] ? 1 : 0) }
-  func allFree(_ a: Int, _ n: Int) -> Bool {
-    let lo = a - start
-    return lo >= 0 && lo + n <= free.count && prefix[lo + n] - prefix[lo] == n
-  }
-  var out: [(PFN, Int)] = []
-  func walk(_ b: Int, _ o: Int) {
-    if allFree(b, 1 << o) {
-      out.append((PFN(b), o))
-    } else if o > 0 {
-      walk(b, o - 1)
-      walk(b + (1 << (o - 1)), o - 1)
-    }
-  }
-  var b = start & ~1023
-  while b < start + free.count {
-    walk(b, 10)
-    b += 1024
-  }
-  return out.filter { allFree($0.0.value, 1 << $0.1) }
-}
-
-func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) -> Bool {
-  a.count == b.count && zip(a, b).allSatisfy { $0.pfn == $1.pfn && $0.order == $1.order }
-}
+/// The free pfns of a window starting at `start` (`free[i]`: pfn start + i is free).
+func pfnsMarked(_ free: [Bool], start: Int) -> [Int] { free.indices.filter { free[$0] }.map { $0 + start } }
 
 @Suite(.serialized) struct ReplayTests {
   // MARK: - claimFreeRange
@@ -76,7 +49,7 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
     // The rest of the split block is canonical around the hole.
     var free = [Bool](repeating: true, count: 4096)
     for p in 1029..<1032 { free[p] = false }
-    #expect(sameBlocks(a.freeBlocks(), canonicalBlocks(free: free, start: 0)))
+    #expect(blocks(a.freeBlocks()) == blocks(canonicalBlocks(free: pfnsMarked(free, start: 0), sectionPages: 1024)))
     // Freed page by page, everything merges back.
     for p in 1029..<1032 { a.freePages(PFN(p), order: 0) }
     a.drainAllPages()
@@ -86,8 +59,8 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
 
   @Test func claimTakesBlocksOffPcpLists() throws {
     let a = try PageAllocator(configuration: .normal(pages: 1 << 16, cpuCount: 2, backing: .none))
-    cpa_set_thread_cpu_override(1)
-    defer { cpa_set_thread_cpu_override(-1) }
+    PageAllocator.setThreadCPU(1)
+    defer { PageAllocator.setThreadCPU(nil) }
     var pages: [PFN] = []
     for _ in 0..<40 { pages.append(try #require(a.allocPages(order: 0, gfp: .kernel))) }
     let big = try #require(a.allocPages(order: 3, gfp: .kernel))
@@ -113,36 +86,33 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
     let before = a.freeBlocks()
     #expect(a.claimFreeRange(p.value + 8, count: 16) == .busy)
     #expect(a.claimFreeRange(4090, count: 16) == .outOfRange)
-    #expect(sameBlocks(a.freeBlocks(), before))
+    #expect(blocks(a.freeBlocks()) == blocks(before))
     try a.verify()
   }
 
   /// Claims race with allocations and frees on other threads; the state stays valid.
-  @Test func claimUnderConcurrency() async throws {
+  @Test func claimUnderConcurrency() throws {
     let a = try PageAllocator(configuration: .normal(pages: 1 << 15, cpuCount: 2, backing: .none))
-    await withTaskGroup(of: Void.self) { g in
-      for t in 0..<2 {
-        g.addTask {
-          cpa_set_thread_cpu_override(Int32(t))
-          var rng = SplitMix(seed: UInt64(t + 10))
-          var live: [(PFN, Int)] = []
-          for _ in 0..<20000 {
-            let order = Int(rng.next() % 4)
-            if live.count < 200 && rng.next() % 2 == 0, let p = a.allocPages(order: order, gfp: [.kernel, .noWarn]) {
-              live.append((p, order))
-            } else if let (p, o) = live.popLast() {
-              a.freePages(p, order: o)
-            }
-          }
-          cpa_set_thread_cpu_override(-1)
-        }
-      }
-      g.addTask {
-        var rng = SplitMix(seed: 99)
+    try runOnThreads(3) { t in
+      guard t < 2 else {
+        var rng = TestRNG(seed: 99)
         for _ in 0..<5000 {
-          let n = 1 + Int(rng.next() % 8)
-          let p = Int(rng.next() % UInt64((1 << 15) - n))
+          let n = 1 + rng.below(8)
+          let p = rng.below((1 << 15) - n)
           if a.claimFreeRange(p, count: n) == .claimed { a.freeContigRange(PFN(p), count: n) }
+        }
+        return
+      }
+      PageAllocator.withThreadCPU(t) {
+        var rng = TestRNG(seed: UInt64(t + 10))
+        var live: [(PFN, Int)] = []
+        for _ in 0..<20000 {
+          let order = rng.below(4)
+          if live.count < 200 && rng.below(2) == 0, let p = a.allocPages(order: order, gfp: [.kernel, .noWarn]) {
+            live.append((p, order))
+          } else if let (p, o) = live.popLast() {
+            a.freePages(p, order: o)
+          }
         }
       }
     }
@@ -156,15 +126,13 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
   /// replayed into a fresh allocator, give the same free blocks.
   @Test(arguments: [1 as UInt64, 2, 3])
   func roundTripRandomWorkload(seed: UInt64) throws {
-    let a = try PageAllocator(configuration: .normal(pages: 1 << 16, cpuCount: 2, backing: .none))
-    let sink = TraceBuffer()
-    a.setTraceSink(sink)
-    defer { cpa_set_thread_cpu_override(-1) }
-    var rng = SplitMix(seed: seed)
+    let (a, sink) = try makeTracedAllocator(cpus: 2)
+    defer { PageAllocator.setThreadCPU(nil) }
+    var rng = TestRNG(seed: seed)
     var live: [(PFN, Int)] = []
     let types: [GFP] = [.kernel, .highUserMovable, [.kernel, .reclaimable]]
     for _ in 0..<6000 {
-      cpa_set_thread_cpu_override(Int32(rng.next() % 2))
+      PageAllocator.setThreadCPU(rng.below(2))
       let op = rng.next() % 100
       if op < 50 || live.isEmpty {
         let order = rng.next() % 8 == 0 ? Int(4 + rng.next() % 7) : Int(rng.next() % 4)
@@ -196,7 +164,7 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
     for (i, e) in events.enumerated() { text += e.ftraceLine(timestamp: 100 + Double(i) * 1e-6) + "\n" }
     let (r, b) = try replay(text, zone: PFN(0)..<PFN(1 << 16), strict: true)
     a.drainAllPages()
-    #expect(sameBlocks(b.freeBlocks(), a.freeBlocks()))
+    #expect(blocks(b.freeBlocks()) == blocks(a.freeBlocks()))
     #expect(b.freePageCount == a.freePageCount)
     let used = events.filter { ($0.kind == .pageAlloc && $0.pfn != nil) || $0.kind == .pageFree }.count
     #expect(r.eventsApplied == used)
@@ -246,12 +214,12 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
     #expect(r.count(.allocBusy) == busy)
     #expect(r.count(.doubleFree) == double)
     #expect(r.count(.outOfRange) == 0 && r.count(.malformed) == 0)
-    let expected = canonicalBlocks(free: allocated.map { !$0 }, start: zs)
-    #expect(sameBlocks(a.freeBlocks(), expected))
+    let expected = canonicalBlocks(free: pfnsMarked(allocated.map { !$0 }, start: zs), sectionPages: 1024)
+    #expect(blocks(a.freeBlocks()) == blocks(expected))
     #expect(a.pcpPageCount == 0)
     // buddyinfo counts agree with the blocks.
     var counts = [Int](repeating: 0, count: 11)
-    for b in expected { counts[b.order] += 1 }
+    for (_, order) in expected { counts[order] += 1 }
     #expect(r.buddyCounts == [counts])
   }
 
@@ -301,7 +269,7 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
       try a.verify()
       results.append(a.freeBlocks())
     }
-    #expect(sameBlocks(results[0], results[1]) && sameBlocks(results[0], results[2]))
+    #expect(blocks(results[0]) == blocks(results[1]) && blocks(results[0]) == blocks(results[2]))
     let (r, _) = try replay(plain)
     #expect(r.linesIgnored == 5)  // 3 headers, free_batched, pcpu_drain
     #expect(r.linesRead == 10)
@@ -416,7 +384,7 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
       #expect(error.description == "/nonexistent/trace.gz: No such file or directory")
     }
     // Random bytes: nothing to replay.
-    var rng = SplitMix(seed: 9)
+    var rng = TestRNG(seed: 9)
     let garbage = (0..<100_000).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
     let g = writeTemp("garbage", garbage)
     defer { unlink(g) }
@@ -463,7 +431,7 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
   /// allocator, and every anomaly has a line number.
   @Test func corruptedTracesNeverCrash() throws {
     var text = "# tracer: nop\n"
-    var rng = SplitMix(seed: 5)
+    var rng = TestRNG(seed: 5)
     for i in 0..<200 {
       let pfn = 0x2000 + Int(rng.next() % 4096) & ~3
       text += "t-\(i) [00\(i % 2)] ..... 1.\(i): mm_page_alloc: page=00000000deadbeef pfn=0x\(String(pfn, radix: 16)) order=2 migratetype=0 gfp_flags=GFP_KERNEL\n"
@@ -510,7 +478,7 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
   /// grows the buffer) gives the same replay as the plain file.
   @Test(.enabled(if: system("command -v gzip >/dev/null") == 0)) func gzipStreamMatchesPlain() throws {
     var text = ""
-    var rng = SplitMix(seed: 3)
+    var rng = TestRNG(seed: 3)
     for i in 0..<30000 {
       let pfn = 0x10000 + Int(rng.next() % 8192)
       text += "t-\(i) [00\(i % 2)] ..... 1.\(i): mm_page_\(i % 3 == 0 ? "free" : "alloc"): page=00000000deadbeef pfn=0x\(String(pfn, radix: 16)) order=0 migratetype=1 gfp_flags=GFP_HIGHUSER_MOVABLE\n"
@@ -525,7 +493,7 @@ func sameBlocks(_ a: [(pfn: PFN, order: Int)], _ b: [(pfn: PFN, order: Int)]) ->
     #expect(r1.linesRead == 30001 && r2.linesRead == 30001)
     #expect(r1.eventsApplied == r2.eventsApplied && r1.linesIgnored == r2.linesIgnored)
     #expect(r1.anomalies == r2.anomalies)
-    #expect(sameBlocks(a1.freeBlocks(), a2.freeBlocks()))
+    #expect(blocks(a1.freeBlocks()) == blocks(a2.freeBlocks()))
     try a2.verify()
   }
 

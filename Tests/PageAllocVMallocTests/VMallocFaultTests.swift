@@ -8,8 +8,7 @@ import PageAllocTestSupport
 @Suite struct VMallocFaultTests {
   @Test("high orders failing: vmalloc builds from order 0")
   func buildsFromOrderZero() throws {
-    let a = try PageAllocator(configuration: .normal(pages: 1 << 13, cpuCount: 2, backing: .memfd))
-    let v = try VMalloc(allocator: a)
+    let (a, v) = try makeVMalloc(pages: 1 << 13)
     a.setFaultInjection(FaultInjection(probability: 100, minOrder: 1))
     let p = try #require(v.vmalloc(700 * 4096))
     #expect(try #require(a.faultInjection).injected >= 1)
@@ -24,8 +23,7 @@ import PageAllocTestSupport
 
   @Test("every allocation failing: nil, nothing held")
   func allFail() throws {
-    let a = try PageAllocator(configuration: .normal(pages: 1 << 13, cpuCount: 2, backing: .memfd))
-    let v = try VMalloc(allocator: a)
+    let (a, v) = try makeVMalloc(pages: 1 << 13)
     a.setFaultInjection(FaultInjection(probability: 100))
     for n in [1, 2, 3, 100, 1000] { #expect(v.vmalloc(n * 4096, gfp: [.kernel, .noWarn]) == nil) }
     a.setFaultInjection(nil)
@@ -38,17 +36,14 @@ import PageAllocTestSupport
 
   @Test("injected failures at many rates and seeds: no leaked page, no leaked mapping", arguments: cases)
   func noLeaks(probability: Int, seed: UInt64) throws {
-    let a = try PageAllocator(configuration: .normal(pages: 1 << 13, cpuCount: 2, backing: .memfd))
-    let v = try VMalloc(allocator: a)
+    let (a, v) = try makeVMalloc(pages: 1 << 13)
     let free = a.freePageCount
     a.setFaultInjection(FaultInjection(probability: probability, interval: probability > 50 ? 1 : 2, seed: seed))
-    var rng = seed | 1
+    var random = TestRNG(seed: seed)
     var live: [UnsafeMutableRawPointer] = []
     var nils = 0
     for _ in 0..<150 {
-      rng ^= rng << 13
-      rng ^= rng >> 7
-      rng ^= rng << 17
+      let rng = random.next()
       if !live.isEmpty && rng % 3 == 0 {
         v.vfree(live.remove(at: Int(rng / 3 % UInt64(live.count))), freePath: rng & 8 == 0 ? .bulk : .perPage)
       } else {

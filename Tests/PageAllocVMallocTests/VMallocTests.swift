@@ -1,20 +1,12 @@
-import Dispatch
 import Glibc
 import PropertyBased
+import Synchronization
 import Testing
 
 @testable import PageAlloc
 import PageAllocTestSupport
+import _PageAllocUtilities
 @testable import PageAllocVMalloc
-
-/// A memfd-backed allocator and a vmalloc over it.
-private func makeVMalloc(
-  pages: Int = 1 << 14, vmalloc config: VMalloc.Configuration = .init()
-) throws -> (PageAllocator, VMalloc) {
-  let a = try PageAllocator(configuration: .normal(pages: pages, cpuCount: 2, backing: .memfd))
-  let v = try VMalloc(allocator: a, configuration: config)
-  return (a, v)
-}
 
 /// Every page free again, nothing mapped in the window but the reservation, both verified.
 private func expectClean(_ a: PageAllocator, _ v: VMalloc, free: Int, sourceLocation: SourceLocation = #_sourceLocation)
@@ -331,22 +323,19 @@ private func expectMappedAsPages(
   func concurrent() throws {
     let (a, v) = try makeVMalloc(pages: 1 << 14)
     let free = a.freePageCount
-    let errors = Counter()
-    DispatchQueue.concurrentPerform(iterations: 4) { t in
-      var rng = UInt64(t + 1) &* 0x9e37_79b9_7f4a_7c15
+    let errors = Atomic<Int>(0)
+    try runOnThreads(4) { t in
+      var rng = TestRNG(seed: UInt64(t + 1))
       var live: [(UnsafeMutableRawPointer, Int)] = []
       for i in 0..<400 {
-        rng ^= rng << 13
-        rng ^= rng >> 7
-        rng ^= rng << 17
-        if live.count > 6 || (!live.isEmpty && rng % 3 == 0) {
+        if live.count > 6 || (!live.isEmpty && rng.below(3) == 0) {
           let (p, n) = live.removeFirst()
           let tag = UInt8(truncatingIfNeeded: UInt(bitPattern: p) >> 12)
           let b = p.assumingMemoryBound(to: UInt8.self)
-          for k in 0..<n where b[k * 4096] != tag || b[k * 4096 + 4095] != tag { errors.add() }
-          if !v.vfree(p, freePath: i % 2 == 0 ? .bulk : .perPage) { errors.add() }
+          for k in 0..<n where b[k * 4096] != tag || b[k * 4096 + 4095] != tag { errors.add(1, ordering: .relaxed) }
+          if !v.vfree(p, freePath: i % 2 == 0 ? .bulk : .perPage) { errors.add(1, ordering: .relaxed) }
         } else {
-          let n = 1 + Int(rng % 64)
+          let n = 1 + rng.below(64)
           guard let p = v.vmalloc(n * 4096, gfp: [.kernel, .noWarn]) else { continue }
           let tag = UInt8(truncatingIfNeeded: UInt(bitPattern: p) >> 12)
           let b = p.assumingMemoryBound(to: UInt8.self)
@@ -359,26 +348,7 @@ private func expectMappedAsPages(
       }
       for (p, _) in live { v.vfree(p) }
     }
-    #expect(errors.value == 0)
+    #expect(errors.load(ordering: .relaxed) == 0)
     try expectClean(a, v, free: free)
-  }
-}
-
-/// A thread-safe counter for the concurrent test.
-final class Counter: @unchecked Sendable {
-  private var n = 0
-  private let lock = NSLockish()
-  func add() { lock.locked { n += 1 } }
-  var value: Int { lock.locked { n } }
-}
-
-final class NSLockish: @unchecked Sendable {
-  private var m = pthread_mutex_t()
-  init() { pthread_mutex_init(&m, nil) }
-  deinit { pthread_mutex_destroy(&m) }
-  func locked<T>(_ body: () -> T) -> T {
-    pthread_mutex_lock(&m)
-    defer { pthread_mutex_unlock(&m) }
-    return body()
   }
 }

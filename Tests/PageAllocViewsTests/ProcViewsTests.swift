@@ -4,7 +4,7 @@ import Testing
 import PageAllocTestSupport
 @testable import PageAllocViews
 
-/// The /proc views against fixed expected text (mm/vmstat.c formats, kernel-model.md 3.9).
+/// The /proc views against fixed expected text (mm/vmstat.c formats).
 @Suite struct ProcViewsTests {
   /// 65536 pages (256 MiB), 2 CPUs, one order-4 Unmovable allocation:
   /// it claims the first max-order block (pageblocks 0 and 1 become Unmovable) and leaves

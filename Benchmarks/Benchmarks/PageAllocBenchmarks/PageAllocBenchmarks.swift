@@ -1,9 +1,10 @@
 import Benchmark
 @_spi(Benchmark) import PageAlloc
+import PageAllocVMalloc
 
 // The cases of `pagealloc bench`, with percentiles (one sample = one round), and the
 // malloc-count benchmarks (their own configuration: mixing malloc counts with sampled
-// metrics inflates the counts, swift-notes 3.1) whose threshold is zero mallocs.
+// metrics inflates the counts) whose threshold is zero mallocs.
 //
 // Run:   cd Benchmarks && swift package --allow-writing-to-package-directory benchmark --no-progress
 // Check: swift package benchmark thresholds check --filter "malloc.*"
