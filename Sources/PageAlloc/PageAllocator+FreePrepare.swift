@@ -114,14 +114,28 @@ extension PageAllocator {
     }
     // Salvage: quarantine each bad page, free the good ones as prepared order-0 runs.
     var runStart = -1
-    for j in 0..<n {
+    var j = 0
+    while j < n {
       let q = pfn + j
       let qr = r + j
       var qw = qr.pointee.flags.load(ordering: .relaxed)
+      var skip = 1
+      var ok = true
+      if qw & PG.freeMask != 0 {
+        // A free block inside this one (its pages were freed behind the owner's back, by a
+        // hostile frozen range): it belongs to the free lists now. Its record is left as it
+        // is (rewriting it would lose the free block's order), its head is reported once,
+        // and its pages are skipped, so none of them is freed a second time.
+        _ = classifyBadFree(q, qw, .prepare, op)
+        skip = min(1 &<< PG.order(qw), n &- j)
+        ok = false
+        qw = 0
+      }
       if compound { qw &= ~(PG.head | PG.tail) }
       if j == 0 { qw &= PG.flagMask }
-      var ok = true
-      if qr.pointee.refcount.load(ordering: .relaxed) != 0 {
+      if !ok {
+        // Reported above.
+      } else if qr.pointee.refcount.load(ordering: .relaxed) != 0 {
         reportNonzeroRefcount(q, op)
         ok = false
       } else if qw != 0 {
@@ -143,6 +157,7 @@ extension PageAllocator {
         freePreparedRange(runStart, q - runStart, zi)
         runStart = -1
       }
+      j &+= skip
     }
     if runStart >= 0 { freePreparedRange(runStart, pfn + n - runStart, zi) }
     return false
