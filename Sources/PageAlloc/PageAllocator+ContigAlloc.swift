@@ -146,7 +146,8 @@ extension PageAllocator {
     var compoundOrder = 0
     if compound {
       guard count & (count - 1) == 0, count <= 1 << PageGeometry.maxOrder, start & (count - 1) == 0 else {
-        throw .invalidRange(range, reason: "__GFP_COMP needs a naturally aligned power of two up to 2^\(PageGeometry.maxOrder) pages")
+        throw .invalidRange(
+          range, reason: "__GFP_COMP needs a naturally aligned power of two up to 2^\(PageGeometry.maxOrder) pages")
       }
       compoundOrder = count.trailingZeroBitCount
     }
@@ -235,7 +236,9 @@ extension PageAllocator {
     if gfp.contains(.zero) {
       var p = start
       while p < end {
-        if let a = arena.address(of: p) { a.initializeMemory(as: UInt8.self, repeating: 0, count: PageGeometry.pageSize) }
+        if let a = arena.address(of: p) {
+          a.initializeMemory(as: UInt8.self, repeating: 0, count: PageGeometry.pageSize)
+        }
         p += 1
       }
     }

@@ -45,7 +45,8 @@ extension PageAllocator {
     if let r = memMap.record(pfn.value) {
       let w = r.pointee.flags.load(ordering: .relaxed)
       if w & PG.tail != 0 {
-        reportBad(pfn.value, .compound, "free_contig_frozen_range of a tail page", "freeContigFrozenRange", quarantine: false)
+        reportBad(
+          pfn.value, .compound, "free_contig_frozen_range of a tail page", "freeContigFrozenRange", quarantine: false)
         return
       }
       if w & PG.head != 0 {

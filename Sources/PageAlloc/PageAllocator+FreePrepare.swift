@@ -91,7 +91,8 @@ extension PageAllocator {
     while i < n {
       let tw = t.pointee.flags.load(ordering: .relaxed)
       let expected: UInt32 = i == 0 ? (w & ~PG.checkAtFree) : (compound ? PG.tail : 0)
-      let okFlags = i == 0 ? (tw & (PG.checkAtFree | PG.freeMask | PG.tail | PG.hwpoison | PG.quarantined) == 0) : tw == expected
+      let okFlags =
+        i == 0 ? (tw & (PG.checkAtFree | PG.freeMask | PG.tail | PG.hwpoison | PG.quarantined) == 0) : tw == expected
       if !okFlags || t.pointee.refcount.load(ordering: .relaxed) != 0 {
         bad = true
         break

@@ -65,7 +65,9 @@ extension PageAllocator {
     if pcp.pointee.highMin != pcp.pointee.highMax && !zoneBelowHigh(z) {
       let room = max(high &- pcp.pointee.count &- base, base)
       batch = base &<< pcp.pointee.allocFactor
-      if batch <= room && pcp.pointee.allocFactor < pcpBatchScaleMax { pcp.pointee.allocFactor = pcp.pointee.allocFactor &+ 1 }
+      if batch <= room && pcp.pointee.allocFactor < pcpBatchScaleMax {
+        pcp.pointee.allocFactor = pcp.pointee.allocFactor &+ 1
+      }
       batch = min(batch, room)
     }
     if order > 0 { batch = max(batch &>> order, 2) }

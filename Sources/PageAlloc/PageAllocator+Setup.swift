@@ -127,8 +127,11 @@ extension PageAllocator {
       // Reserve indexed by kind; fill kinds without a zone from the next lower zone kind.
       var last = 0
       for k in 0..<ZoneKind.count {
-        if zi.pointee.lowmemReserve[k] != 0 { last = zi.pointee.lowmemReserve[k] }
-        else if k > zi.pointee.kind.rawValue { zi.pointee.lowmemReserve[k] = last }
+        if zi.pointee.lowmemReserve[k] != 0 {
+          last = zi.pointee.lowmemReserve[k]
+        } else if k > zi.pointee.kind.rawValue {
+          zi.pointee.lowmemReserve[k] = last
+        }
       }
     }
   }

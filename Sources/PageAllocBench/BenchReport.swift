@@ -203,8 +203,10 @@ public struct BenchReport: Sendable {
         if v > hi * 1.0001 { break }
         let yy = y(v)
         let major = m == 1
-        s += "<line x1=\"\(f(left))\" y1=\"\(f(yy))\" x2=\"\(f(left + pw))\" y2=\"\(f(yy))\" stroke=\"\(major ? "#bbb" : "#e5e5e5")\"/>\n"
-        s += "<text x=\"\(f(left - 8))\" y=\"\(f(yy + 4))\" text-anchor=\"end\" fill=\"#333\">\(formatNumber(v))</text>\n"
+        s +=
+          "<line x1=\"\(f(left))\" y1=\"\(f(yy))\" x2=\"\(f(left + pw))\" y2=\"\(f(yy))\" stroke=\"\(major ? "#bbb" : "#e5e5e5")\"/>\n"
+        s +=
+          "<text x=\"\(f(left - 8))\" y=\"\(f(yy + 4))\" text-anchor=\"end\" fill=\"#333\">\(formatNumber(v))</text>\n"
       }
       decade *= 10
     }
@@ -212,14 +214,19 @@ public struct BenchReport: Sendable {
       s += "<line x1=\"\(f(x(o)))\" y1=\"\(f(top))\" x2=\"\(f(x(o)))\" y2=\"\(f(top + ph))\" stroke=\"#f0f0f0\"/>\n"
       s += "<text x=\"\(f(x(o)))\" y=\"\(f(top + ph + 20))\" text-anchor=\"middle\">\(o)</text>\n"
     }
-    s += "<rect x=\"\(f(left))\" y=\"\(f(top))\" width=\"\(f(pw))\" height=\"\(f(ph))\" fill=\"none\" stroke=\"#333\"/>\n"
-    s += "<text x=\"\(f(left + pw / 2))\" y=\"\(f(h - 22))\" text-anchor=\"middle\">order (block of 2^order pages, split and freed)</text>\n"
-    s += "<text transform=\"translate(22 \(f(top + ph / 2))) rotate(-90)\" text-anchor=\"middle\">ns per page (log scale)</text>\n"
+    s +=
+      "<rect x=\"\(f(left))\" y=\"\(f(top))\" width=\"\(f(pw))\" height=\"\(f(ph))\" fill=\"none\" stroke=\"#333\"/>\n"
+    s +=
+      "<text x=\"\(f(left + pw / 2))\" y=\"\(f(h - 22))\" text-anchor=\"middle\">order (block of 2^order pages, split and freed)</text>\n"
+    s +=
+      "<text transform=\"translate(22 \(f(top + ph / 2))) rotate(-90)\" text-anchor=\"middle\">ns per page (log scale)</text>\n"
     func series(_ rs: [BenchResult], _ color: String, _ dash: String) {
       let pts = rs.map { "\(f(x($0.order!))),\(f(y(max($0.nsPerPage, lo))))" }.joined(separator: " ")
-      s += "<polyline points=\"\(pts)\" fill=\"none\" stroke=\"\(color)\" stroke-width=\"2.5\" stroke-dasharray=\"\(dash)\"/>\n"
+      s +=
+        "<polyline points=\"\(pts)\" fill=\"none\" stroke=\"\(color)\" stroke-width=\"2.5\" stroke-dasharray=\"\(dash)\"/>\n"
       for r in rs {
-        s += "<circle cx=\"\(f(x(r.order!)))\" cy=\"\(f(y(max(r.nsPerPage, lo))))\" r=\"4\" fill=\"\(color)\"><title>order \(r.order!): \(fixed(r.nsPerPage, 2)) ns/page</title></circle>\n"
+        s +=
+          "<circle cx=\"\(f(x(r.order!)))\" cy=\"\(f(y(max(r.nsPerPage, lo))))\" r=\"4\" fill=\"\(color)\"><title>order \(r.order!): \(fixed(r.nsPerPage, 2)) ns/page</title></circle>\n"
       }
     }
     series(per, "#c0392b", "none")
@@ -228,27 +235,28 @@ public struct BenchReport: Sendable {
     for c in con {
       guard let p = per.first(where: { $0.order == c.order }), let sp = c.extra["speedup"] else { continue }
       let yy = min(y(max(p.nsPerPage, lo)), y(max(c.nsPerPage, lo))) - 10
-      s += "<text x=\"\(f(x(c.order!)))\" y=\"\(f(yy))\" text-anchor=\"middle\" font-size=\"11\" fill=\"#555\">\(fixed(sp, 1))x</text>\n"
+      s +=
+        "<text x=\"\(f(x(c.order!)))\" y=\"\(f(yy))\" text-anchor=\"middle\" font-size=\"11\" fill=\"#555\">\(fixed(sp, 1))x</text>\n"
     }
     // Legend.
     // Bottom left: the one corner no series reaches (the per-page line stays high, the
     // contig line falls towards the right).
     let lx = left + 20, ly = top + ph - 62
     s += "<rect x=\"\(f(lx - 10))\" y=\"\(f(ly - 14))\" width=\"255\" height=\"66\" fill=\"white\" stroke=\"#ccc\"/>\n"
-    s += "<line x1=\"\(f(lx))\" y1=\"\(f(ly))\" x2=\"\(f(lx + 24))\" y2=\"\(f(ly))\" stroke=\"#c0392b\" stroke-width=\"2.5\"/>\n"
+    s +=
+      "<line x1=\"\(f(lx))\" y1=\"\(f(ly))\" x2=\"\(f(lx + 24))\" y2=\"\(f(ly))\" stroke=\"#c0392b\" stroke-width=\"2.5\"/>\n"
     s += "<text x=\"\(f(lx + 32))\" y=\"\(f(ly + 4))\">per-page putPage loop (before)</text>\n"
-    s += "<line x1=\"\(f(lx))\" y1=\"\(f(ly + 20))\" x2=\"\(f(lx + 24))\" y2=\"\(f(ly + 20))\" stroke=\"#2471a3\" stroke-width=\"2.5\"/>\n"
+    s +=
+      "<line x1=\"\(f(lx))\" y1=\"\(f(ly + 20))\" x2=\"\(f(lx + 24))\" y2=\"\(f(ly + 20))\" stroke=\"#2471a3\" stroke-width=\"2.5\"/>\n"
     s += "<text x=\"\(f(lx + 32))\" y=\"\(f(ly + 24))\">freeContigRange (after)</text>\n"
-    s += "<text x=\"\(f(lx + 2))\" y=\"\(f(ly + 44))\" font-size=\"11\" fill=\"#555\">N.Nx above a point: speedup at that order</text>\n"
+    s +=
+      "<text x=\"\(f(lx + 2))\" y=\"\(f(ly + 44))\" font-size=\"11\" fill=\"#555\">N.Nx above a point: speedup at that order</text>\n"
     s += "</svg>\n"
     return s
   }
 }
 
 // MARK: - Formatting (no Foundation in the library)
-
-
-
 
 extension String {
   fileprivate func trimmingTrailingSpaces() -> String {

@@ -41,7 +41,6 @@ public struct BenchResult: Sendable, Codable, Hashable {
   }
 }
 
-
 /// Keeps a value alive and opaque to the optimizer.
 @inline(never)
 func blackHole<T>(_ x: T) { _ = x }

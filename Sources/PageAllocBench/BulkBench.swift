@@ -28,7 +28,8 @@ enum BulkBench {
     let per = try measure(o, n, bulk: false, progress: (0, 0.5))
     let bulk = try measure(o, n, bulk: true, progress: (0.5, 0.5))
     return [
-      BenchResult(suite: name, variant: "per-page", iterations: n, pagesPerIteration: pagesPerRound, totalNanoseconds: per),
+      BenchResult(
+        suite: name, variant: "per-page", iterations: n, pagesPerIteration: pagesPerRound, totalNanoseconds: per),
       BenchResult(
         suite: name, variant: "bulk", iterations: n, pagesPerIteration: pagesPerRound, totalNanoseconds: bulk,
         extra: ["speedup": Double(per) / Double(max(bulk, 1))]),

@@ -30,7 +30,8 @@ enum FrozenRangeBench {
     let per = try measure(o, n, contig: false, progress: (0, 0.5))
     let contig = try measure(o, n, contig: true, progress: (0.5, 0.5))
     return [
-      BenchResult(suite: name, variant: "per-page", iterations: n, pagesPerIteration: rangePages, totalNanoseconds: per),
+      BenchResult(
+        suite: name, variant: "per-page", iterations: n, pagesPerIteration: rangePages, totalNanoseconds: per),
       BenchResult(
         suite: name, variant: "contig", iterations: n, pagesPerIteration: rangePages, totalNanoseconds: contig,
         extra: ["speedup": Double(per) / Double(max(contig, 1))]),

@@ -140,7 +140,9 @@ enum HighOrderBench {
       out.append(("high-order.handle_over_contig", x))
     }
     if mine.count > 1 {
-      for r in mine { if let o = r.order, let s = r.extra["speedup"] { out.append(("high-order.speedup.order-\(o)", s)) } }
+      for r in mine {
+        if let o = r.order, let s = r.extra["speedup"] { out.append(("high-order.speedup.order-\(o)", s)) }
+      }
     }
     return out
   }

@@ -21,7 +21,8 @@ extension BenchSuite {
         let key = "vmalloc." + r.test.replacingSpaces()
         return [
           (key + ".per_page_over_bulk", r.perPageOverBulk), (key + ".mmap_over_bulk", r.mmapOverBulk),
-          (key + ".malloc_over_bulk", r.mallocOverBulk), (key + ".page_work_per_page_over_bulk", r.pagesPerPageOverBulk),
+          (key + ".malloc_over_bulk", r.mallocOverBulk),
+          (key + ".page_work_per_page_over_bulk", r.pagesPerPageOverBulk),
         ]
       }
     })

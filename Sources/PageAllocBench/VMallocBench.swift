@@ -212,7 +212,9 @@ public enum VMallocBench {
       Case(name: "fix_align_alloc_test", loops: 20_000 / scale, pages: 5) { a, loops in
         // THREAD_ALIGN << 1 with x86-64's 16 KiB THREAD_SIZE.
         for _ in 0..<loops {
-          guard let h = a.alloc(5 * pg, align: 32 * 1024, zero: true) else { fatalError("vmalloc bench: allocation failed") }
+          guard let h = a.alloc(5 * pg, align: 32 * 1024, zero: true) else {
+            fatalError("vmalloc bench: allocation failed")
+          }
           a.free(h)
         }
       })
@@ -312,17 +314,22 @@ public enum VMallocBench {
       return s
     }
     func pad(_ s: String, _ w: Int, left: Bool = false) -> String {
-      s.count >= w ? s : (left ? s + String(repeating: " ", count: w - s.count) : String(repeating: " ", count: w - s.count) + s)
+      s.count >= w
+        ? s : (left ? s + String(repeating: " ", count: w - s.count) : String(repeating: " ", count: w - s.count) + s)
     }
     var us: [String: Double] = [:]
     for r in results where r.suite == "vmalloc" { us[r.variant] = r.extra["us_per_op"] ?? r.nsPerIteration / 1000 }
-    var out = pad("test (us/op)", 30, left: true) + pad("per-page", 10) + pad("bulk", 10) + pad("mmap", 10)
+    var out =
+      pad("test (us/op)", 30, left: true) + pad("per-page", 10) + pad("bulk", 10) + pad("mmap", 10)
       + pad("malloc", 10) + pad("pg-pp", 9) + pad("pg-bulk", 9) + pad("pp/bulk", 9) + pad("mmap/bulk", 10)
       + pad("malloc/bulk", 12) + pad("pg pp/bulk", 11) + "\n"
     for r in ratios(results) {
       out += pad(r.test, 30, left: true)
-      for v in Variant.allCases { out += pad(f(us["\(r.test) \(v.rawValue)"] ?? 0), v.rawValue.hasPrefix("pages") ? 9 : 10) }
-      out += pad(f(r.perPageOverBulk), 9) + pad(f(r.mmapOverBulk), 10) + pad(f(r.mallocOverBulk), 12)
+      for v in Variant.allCases {
+        out += pad(f(us["\(r.test) \(v.rawValue)"] ?? 0), v.rawValue.hasPrefix("pages") ? 9 : 10)
+      }
+      out +=
+        pad(f(r.perPageOverBulk), 9) + pad(f(r.mmapOverBulk), 10) + pad(f(r.mallocOverBulk), 12)
         + pad(f(r.pagesPerPageOverBulk), 11) + "\n"
     }
     return out

@@ -284,7 +284,11 @@ package struct APISequence {
         for q in stretch { if frozen { a.freeFrozenPages(q, order: 0) } else { a.putPage(q) } }
         call = .freePerPage
       default:
-        if frozen { a.freeContigFrozenRange(start, count: stretch.count) } else { a.freeContigRange(start, count: stretch.count) }
+        if frozen {
+          a.freeContigFrozenRange(start, count: stretch.count)
+        } else {
+          a.freeContigRange(start, count: stretch.count)
+        }
         call = frozen ? .freeContigFrozen : .freeContig
       }
       held.keepReferenced(stretch)

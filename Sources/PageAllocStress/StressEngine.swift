@@ -113,7 +113,8 @@ public struct StressSummary: Sendable, CustomStringConvertible {
     [
       "\(threads)", "\(seed)", "\(operations)", "\(operationsByKind.sorted { $0.key < $1.key })",
       "\(allocationFailures)", "\(failuresInjected)", "\(contigBusy)", "\(verifications)",
-      "\(badFreesInjected)", "\(badFreesCaught)", "\(badFreeReports)", "\(badFreesByKind.sorted { $0.key < $1.key })", "\(badPages)",
+      "\(badFreesInjected)", "\(badFreesCaught)", "\(badFreeReports)", "\(badFreesByKind.sorted { $0.key < $1.key })",
+      "\(badPages)",
       "\(quarantinedPages)", "\(pagesLeaked)", "\(stateChecksum)",
     ] + extensionReports.map(\.formatted)
   }
@@ -122,12 +123,14 @@ public struct StressSummary: Sendable, CustomStringConvertible {
     var s = ""
     s += "threads \(threads)  seed \(seed)\n"
     s += "operations \(operations) in \(fixed(Double(elapsedNanoseconds) / 1e9, 2)) s: \(Int(opsPerSecond)) ops/s\n"
-    s += "  " + operationsByKind.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + "\n"
+    s +=
+      "  " + operationsByKind.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + "\n"
     s += "allocation failures \(allocationFailures) (injected \(failuresInjected)), contig busy \(contigBusy)\n"
     s += "verifications \(verifications): \(verifyError ?? "ok")\n"
     s += "bad frees injected \(badFreesInjected), caught \(badFreesCaught), reports \(badFreeReports)"
     if !badFreesByKind.isEmpty {
-      s += " (" + badFreesByKind.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + ")"
+      s +=
+        " (" + badFreesByKind.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + ")"
     }
     s += "\n"
     s += "bad pages \(badPages) (unexpected \(unexpectedBadPages)), quarantined \(quarantinedPages)\n"
@@ -308,27 +311,35 @@ public enum StressEngine {
         if let p = a.allocPages(order: o, gfp: [.kernel, .noWarn]) {
           a.freePages(p, order: o)
           a.freePages(p, order: o)
-        } else { done = false }
+        } else {
+          done = false
+        }
       case .doubleFreeFrozen:
         let o = randomOrder()
         if let p = a.allocFrozenPages(order: o, gfp: [.kernel, .noWarn]) {
           a.freeFrozenPages(p, order: o)
           a.freeFrozenPages(p, order: o)
-        } else { done = false }
+        } else {
+          done = false
+        }
       case .putAfterContigFree:
         let o = 1 + rng.below(4)
         if let p = a.allocPages(order: o, gfp: [.kernel, .noWarn]) {
           a.splitPage(p, order: o)
           a.freeContigRange(p, count: 1 << o)
           a.putPage(p + rng.below(1 << o))
-        } else { done = false }
+        } else {
+          done = false
+        }
       case .wrongOrder:
         let o = rng.below(PageGeometry.maxOrder)
         if let p = a.allocPages(order: o, gfp: [.kernel, .noWarn]) {
           let wrong = o == 0 || rng.chance(0.5) ? o + 1 : o - 1
           a.freePages(p, order: wrong)
           a.freePages(p, order: o)
-        } else { done = false }
+        } else {
+          done = false
+        }
       case .foreignPFN:
         let span = a.pfnSpan
         var f: PFN
@@ -352,7 +363,9 @@ public enum StressEngine {
         if let p = a.allocPages(order: o, gfp: [.kernel, .comp, .noWarn]) {
           a.freeContigRange(p, count: 1 << o)
           a.freePages(p, order: o)
-        } else { done = false }
+        } else {
+          done = false
+        }
       }
       guard done else { return }
       byKind["bad-free", default: 0] += 1
@@ -453,7 +466,8 @@ public enum StressEngine {
     var summary = StressSummary(
       threads: n, seed: config.seed, operations: 0, operationsByKind: [:], elapsedNanoseconds: elapsed,
       allocationFailures: 0, failuresInjected: 0, contigBusy: 0, verifications: 0, badFreesInjected: 0,
-      badFreesCaught: 0, badFreeReports: 0, badFreesByKind: [:], badPages: 0, unexpectedBadPages: 0, quarantinedPages: 0,
+      badFreesCaught: 0, badFreeReports: 0, badFreesByKind: [:], badPages: 0, unexpectedBadPages: 0,
+      quarantinedPages: 0,
       pagesLeaked: 0, stateChecksum: hash, verifyError: nil)
     summary.failuresInjected = injected
     for t in 0..<n {

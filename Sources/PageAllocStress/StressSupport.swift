@@ -123,4 +123,3 @@ final class StressGates: @unchecked Sendable {
     return try body()
   }
 }
-

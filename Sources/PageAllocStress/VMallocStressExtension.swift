@@ -100,12 +100,14 @@ public final class VMallocStressExtension: StressExtension, @unchecked Sendable 
   /// 4096) in areas.
   public func prepare(_ allocator: PageAllocator, threads: Int) throws {
     pageCap = max(64, min(4096, allocator.managedPageCount / (8 * threads)))
-    let perThread = pageCap + VMallocStressExtension.maxAreaPages
+    let perThread =
+      pageCap + VMallocStressExtension.maxAreaPages
       + VMallocStressExtension.maxAreasPerThread * (AddressWindow.maxAlignment / PageGeometry.pageSize + 1)
     let window = max(1 << 30, threads * perThread * PageGeometry.pageSize)
     // Charged mappings are at most one per page plus one per area: bound this instance so a
     // run never spends the process's budget.
-    let mapLimit = threads * (pageCap + VMallocStressExtension.maxAreaPages + 2 * VMallocStressExtension.maxAreasPerThread + 2)
+    let mapLimit =
+      threads * (pageCap + VMallocStressExtension.maxAreaPages + 2 * VMallocStressExtension.maxAreasPerThread + 2)
     vmalloc = nil
     vmalloc = try VMalloc(allocator: allocator, configuration: .init(windowBytes: window, mapLimit: mapLimit))
     states = (0..<threads).map { _ in ThreadState() }
@@ -170,7 +172,8 @@ public final class VMallocStressExtension: StressExtension, @unchecked Sendable 
     default: n = 129 + r.below(VMallocStressExtension.maxAreaPages - 128)
     }
     let odd = r.chance(0.5)
-    let size = odd ? (n - 1) * PageGeometry.pageSize + 1 + r.below(PageGeometry.pageSize - 1) : n * PageGeometry.pageSize
+    let size =
+      odd ? (n - 1) * PageGeometry.pageSize + 1 + r.below(PageGeometry.pageSize - 1) : n * PageGeometry.pageSize
     let align = r.chance(0.2) ? 1 << (12 + r.below(10)) : PageGeometry.pageSize
     let zero = r.chance(0.25)
     var gfp: GFP = r.chance(0.7) ? .kernel : .highUserMovable
@@ -278,7 +281,10 @@ public final class VMallocStressExtension: StressExtension, @unchecked Sendable 
       let w = VMallocStressExtension.word(tag, i)
       let got = page.load(as: UInt64.self)
       if got != w {
-        fail(s, "vmap of \(pages.count) pages: page \(i) (pfn \(pages[i])) reads \(String(got, radix: 16)) through the vmap address, wrote \(String(w, radix: 16)) through address(of:)")
+        fail(
+          s,
+          "vmap of \(pages.count) pages: page \(i) (pfn \(pages[i])) reads \(String(got, radix: 16)) through the vmap address, wrote \(String(w, radix: 16)) through address(of:)"
+        )
         break
       }
       page.storeBytes(of: ~w, toByteOffset: 2048, as: UInt64.self)
@@ -293,7 +299,10 @@ public final class VMallocStressExtension: StressExtension, @unchecked Sendable 
       let w = VMallocStressExtension.word(m.tag, i)
       let got = a.address(of: q)!.load(fromByteOffset: 2048, as: UInt64.self)
       if got != ~w {
-        fail(s, "vmap page \(i) (pfn \(q)): address(of:) reads \(String(got, radix: 16)), wrote \(String(~w, radix: 16)) through the vmap address")
+        fail(
+          s,
+          "vmap page \(i) (pfn \(q)): address(of:) reads \(String(got, radix: 16)), wrote \(String(~w, radix: 16)) through the vmap address"
+        )
         return
       }
     }

@@ -173,9 +173,13 @@ package enum KmemTraceParser {
       while q < end {
         let ch = b[q]
         var d: Int
-        if isDigit(ch) { d = Int(ch &- 0x30) }
-        else if ch | 0x20 >= 0x61 && ch | 0x20 <= 0x66 { d = Int((ch | 0x20) &- 0x61 &+ 10) }
-        else { break }
+        if isDigit(ch) {
+          d = Int(ch &- 0x30)
+        } else if ch | 0x20 >= 0x61 && ch | 0x20 <= 0x66 {
+          d = Int((ch | 0x20) &- 0x61 &+ 10)
+        } else {
+          break
+        }
         pfn = pfn &<< 4 | d
         digits &+= 1
         q &+= 1
@@ -268,7 +272,8 @@ package enum KmemTraceParser {
   static func findKey(_ b: UnsafePointer<UInt8>, _ from: Int, _ end: Int, _ x: UInt8, _ y: UInt8, _ z: UInt8) -> Int? {
     var j = from
     while j &+ 4 <= end {
-      if b[j] == x && b[j &+ 1] == y && b[j &+ 2] == z && b[j &+ 3] == 0x3D && (b[j &- 1] == 0x20 || b[j &- 1] == 0x09) {
+      if b[j] == x && b[j &+ 1] == y && b[j &+ 2] == z && b[j &+ 3] == 0x3D && (b[j &- 1] == 0x20 || b[j &- 1] == 0x09)
+      {
         return j &+ 4
       }
       j &+= 1

@@ -103,7 +103,8 @@ public struct ReplayReport: Sendable {
       s += "zone \(z.kind): pfns \(z.pfns.lowerBound)-\(z.pfns.upperBound) (\(z.pfns.count) pages), \(cpuCount) CPUs\n"
     }
     s += "/proc/buddyinfo after drainAllPages():\n" + buddyInfo
-    s += "time: \(fixed(totalSeconds * 1000, 1)) ms (read \(fixed(readSeconds * 1000, 1)), parse \(fixed(parseSeconds * 1000, 1)), setup \(fixed(setupSeconds * 1000, 1)), replay \(fixed(replaySeconds * 1000, 1)))\n"
+    s +=
+      "time: \(fixed(totalSeconds * 1000, 1)) ms (read \(fixed(readSeconds * 1000, 1)), parse \(fixed(parseSeconds * 1000, 1)), setup \(fixed(setupSeconds * 1000, 1)), replay \(fixed(replaySeconds * 1000, 1)))\n"
     s += "events per second:   \(Int(eventsPerSecond.rounded())) (\(eventsParsed) events / parse+setup+replay)\n"
     return s
   }
@@ -125,20 +126,23 @@ public struct ReplayReport: Sendable {
       "    \"\($0.kind.rawValue)\": {\"count\": \($0.count), \"first_lines\": [\($0.firstLines.map(String.init).joined(separator: ", "))]}"
     }.joined(separator: ",\n")
     s += "\n  },\n"
-    s += "  \"zones\": [" + zones.map {
-      "{\"name\": \"\($0.kind)\", \"start_pfn\": \($0.pfns.lowerBound.value), \"end_pfn\": \($0.pfns.upperBound.value)}"
-    }.joined(separator: ", ") + "],\n"
+    s +=
+      "  \"zones\": ["
+      + zones.map {
+        "{\"name\": \"\($0.kind)\", \"start_pfn\": \($0.pfns.lowerBound.value), \"end_pfn\": \($0.pfns.upperBound.value)}"
+      }.joined(separator: ", ") + "],\n"
     s += "  \"cpus\": \(cpuCount),\n"
-    s += "  \"buddyinfo\": [" + buddyCounts.map { "[" + $0.map(String.init).joined(separator: ", ") + "]" }
+    s +=
+      "  \"buddyinfo\": ["
+      + buddyCounts.map { "[" + $0.map(String.init).joined(separator: ", ") + "]" }
       .joined(separator: ", ") + "],\n"
-    s += "  \"seconds\": {\"total\": \(totalSeconds), \"read\": \(readSeconds), \"parse\": \(parseSeconds), \"setup\": \(setupSeconds), \"replay\": \(replaySeconds)},\n"
+    s +=
+      "  \"seconds\": {\"total\": \(totalSeconds), \"read\": \(readSeconds), \"parse\": \(parseSeconds), \"setup\": \(setupSeconds), \"replay\": \(replaySeconds)},\n"
     s += "  \"events_per_second\": \(eventsPerSecond.rounded())\n"
     s += "}\n"
     return s
   }
 }
-
-
 
 /// Replays a kernel kmem trace into a fresh allocator (backing `.none`).
 ///
@@ -193,7 +197,9 @@ public enum TraceReplay {
         return try run(bytes: bytes, name: path, options: options, readSeconds: readSeconds)
       }
     }
-    guard let h = cpa_gz_open(path, &err, err.count) else { throw ReplayError(file: path, line: nil, reason: message()) }
+    guard let h = cpa_gz_open(path, &err, err.count) else {
+      throw ReplayError(file: path, line: nil, reason: message())
+    }
     defer { cpa_gz_close(h) }
     var cap = 1 << 20
     var buf = UnsafeMutablePointer<UInt8>.allocate(capacity: cap)
@@ -298,9 +304,11 @@ public enum TraceReplay {
       allocFailures: parsed.allocFailures, eventsParsed: engine.eventsParsed,
       preallocatedPages: engine.preallocated,
       anomalies: ReplayAnomaly.allCases.enumerated().map {
-        ReplayReport.AnomalyCount(kind: $0.element, count: engine.anomalyCounts[$0.offset], firstLines: engine.anomalyLines[$0.offset])
+        ReplayReport.AnomalyCount(
+          kind: $0.element, count: engine.anomalyCounts[$0.offset], firstLines: engine.anomalyLines[$0.offset])
       },
-      zones: a.configuration.zones, cpuCount: a.configuration.cpuCount, buddyInfo: stats.filter { $0.present > 0 }
+      zones: a.configuration.zones, cpuCount: a.configuration.cpuCount,
+      buddyInfo: stats.filter { $0.present > 0 }
         .map { buddyInfoLine(zone: $0.kind.description, counts: $0.freeBlocks) }.joined(),
       buddyCounts: stats.map(\.freeBlocks), allocatedByType: engine.allocatedByType(), readSeconds: readSeconds,
       parseSeconds: parseSeconds, setupSeconds: Double(t2 &- t1) / 1e9,
@@ -390,7 +398,8 @@ final class ReplayEngine {
           zones: [ZoneConfiguration(kind: .normal, pfns: PFN(zoneStart)..<PFN(zoneEnd))], cpuCount: cpuCount,
           backing: .none))
     } catch {
-      throw ReplayError(file: name, line: nil, reason: "cannot build the zone \(PFN(zoneStart))-\(PFN(zoneEnd)): \(error)")
+      throw ReplayError(
+        file: name, line: nil, reason: "cannot build the zone \(PFN(zoneStart))-\(PFN(zoneEnd)): \(error)")
     }
     state = .allocate(capacity: zoneEnd - zoneStart)
     state.initialize(repeating: 0, count: zoneEnd - zoneStart)

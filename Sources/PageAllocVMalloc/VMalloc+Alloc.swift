@@ -31,7 +31,9 @@ extension VMalloc {
       return fail(gfp, "vmalloc error: size \(size), invalid size")
     }
     guard align > 0, align & (align &- 1) == 0, align <= AddressWindow.maxAlignment else {
-      return fail(gfp, "vmalloc error: size \(size), alignment \(align) is not a power of two up to \(AddressWindow.maxAlignment)")
+      return fail(
+        gfp, "vmalloc error: size \(size), alignment \(align) is not a power of two up to \(AddressWindow.maxAlignment)"
+      )
     }
     let n = (size &+ PageGeometry.pageSize &- 1) / PageGeometry.pageSize
     let alignPages = max(align / PageGeometry.pageSize, 1)
@@ -53,7 +55,8 @@ extension VMalloc {
     guard self.charge(charge) else {
       allocator.freePagesBulk(pages)
       releaseSlot(slot)
-      return fail(gfp, "vmalloc error: size \(n * PageGeometry.pageSize), map-count budget spent (\(charge) mappings needed)")
+      return fail(
+        gfp, "vmalloc error: size \(n * PageGeometry.pageSize), map-count budget spent (\(charge) mappings needed)")
     }
     guard mapPages(pages, at: slot.lowerBound) else {
       uncharge(charge)
@@ -160,7 +163,8 @@ extension VMalloc {
       return nil
     }
     let area = Area(
-      start: slot.lowerBound, pageCount: n, slot: slot, pages: pages, charged: charge, kind: .vmap, file: file, line: line)
+      start: slot.lowerBound, pageCount: n, slot: slot, pages: pages, charged: charge, kind: .vmap, file: file,
+      line: line)
     state.withLock { $0.areas[slot.lowerBound] = area }
     return windowBase + slot.lowerBound &* PageGeometry.pageSize
   }

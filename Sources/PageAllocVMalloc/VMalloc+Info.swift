@@ -83,8 +83,12 @@ extension VMalloc {
       guard a.slot.lowerBound <= a.start, a.start + a.pageCount + 1 <= a.slot.upperBound,
         a.slot.upperBound <= windowPages
       else { throw fail("area at page \(a.start) does not fit its slot \(a.slot)") }
-      guard a.pages.count == a.pageCount else { throw fail("area at page \(a.start) has \(a.pages.count) pages, says \(a.pageCount)") }
-      guard a.charged == VMalloc.runCount(a.pages) + 1 else { throw fail("area at page \(a.start) charged \(a.charged)") }
+      guard a.pages.count == a.pageCount else {
+        throw fail("area at page \(a.start) has \(a.pages.count) pages, says \(a.pageCount)")
+      }
+      guard a.charged == VMalloc.runCount(a.pages) + 1 else {
+        throw fail("area at page \(a.start) charged \(a.charged)")
+      }
       slots.append((a.slot, false))
       total += a.slot.count
       charged += a.charged

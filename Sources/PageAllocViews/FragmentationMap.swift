@@ -154,30 +154,39 @@ public struct FragmentationMap: Sendable {
     let mixed = cells.filter(\.isMixed).count
 
     var s = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-    s += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(width)\" height=\"\(height)\" viewBox=\"0 0 \(width) \(height)\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n"
-    s += "<defs><pattern id=\"frag\" width=\"4\" height=\"4\" patternUnits=\"userSpaceOnUse\"><path d=\"M-1,1 l2,-2 M0,4 l4,-4 M3,5 l2,-2\" stroke=\"#000\" stroke-width=\"1\"/></pattern></defs>\n"
+    s +=
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(width)\" height=\"\(height)\" viewBox=\"0 0 \(width) \(height)\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n"
+    s +=
+      "<defs><pattern id=\"frag\" width=\"4\" height=\"4\" patternUnits=\"userSpaceOnUse\"><path d=\"M-1,1 l2,-2 M0,4 l4,-4 M3,5 l2,-2\" stroke=\"#000\" stroke-width=\"1\"/></pattern></defs>\n"
     s += "<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n"
     s += "<text x=\"\(margin)\" y=\"22\" font-size=\"15\" font-weight=\"bold\">\(xmlEscape(title))</text>\n"
     let zoneText = zones.map { "\($0.kind) \($0.pfns.lowerBound)-\($0.pfns.upperBound)" }.joined(separator: ", ")
-    s += "<text x=\"\(margin)\" y=\"40\" font-size=\"11\">\(xmlEscape(zoneText)): \(present) pageblocks of \(pb) pages; free \(totalFree) pages; \(fullyFree) pageblocks wholly free; \(fragmented) fragmented (hatched)</text>\n"
-    var line2 = "unusable free index: order 4 \(fmt(unusable4)), order 9 \(fmt(unusable)) (share of free pages in smaller blocks)"
+    s +=
+      "<text x=\"\(margin)\" y=\"40\" font-size=\"11\">\(xmlEscape(zoneText)): \(present) pageblocks of \(pb) pages; free \(totalFree) pages; \(fullyFree) pageblocks wholly free; \(fragmented) fragmented (hatched)</text>\n"
+    var line2 =
+      "unusable free index: order 4 \(fmt(unusable4)), order 9 \(fmt(unusable)) (share of free pages in smaller blocks)"
     if hasAllocationTypes {
-      line2 += "; colour: majority migratetype= of the pages allocated in the block; \(mixed) mixed blocks (black corner)"
+      line2 +=
+        "; colour: majority migratetype= of the pages allocated in the block; \(mixed) mixed blocks (black corner)"
     }
     s += "<text x=\"\(margin)\" y=\"55\" font-size=\"11\">\(xmlEscape(line2))</text>\n"
     // Legend.
     var lx = margin
     for t in MigrateType.allCases {
-      s += "<rect x=\"\(lx)\" y=\"60\" width=\"10\" height=\"10\" fill=\"\(FragmentationMap.hex(FragmentationMap.colour(t)))\"/>"
+      s +=
+        "<rect x=\"\(lx)\" y=\"60\" width=\"10\" height=\"10\" fill=\"\(FragmentationMap.hex(FragmentationMap.colour(t)))\"/>"
       s += "<text x=\"\(lx + 13)\" y=\"69\" font-size=\"10\">\(t)</text>\n"
       lx += 20 + t.description.count * 6
     }
-    s += "<rect x=\"\(lx)\" y=\"60\" width=\"10\" height=\"10\" fill=\"\(FragmentationMap.shade(.movable, free: 1))\" stroke=\"#999\" stroke-width=\"0.5\"/><text x=\"\(lx + 13)\" y=\"69\" font-size=\"10\">paler = more free</text>\n"
+    s +=
+      "<rect x=\"\(lx)\" y=\"60\" width=\"10\" height=\"10\" fill=\"\(FragmentationMap.shade(.movable, free: 1))\" stroke=\"#999\" stroke-width=\"0.5\"/><text x=\"\(lx + 13)\" y=\"69\" font-size=\"10\">paler = more free</text>\n"
     lx += 110
-    s += "<rect x=\"\(lx)\" y=\"60\" width=\"10\" height=\"10\" fill=\"\(FragmentationMap.shade(.movable, free: 0.6))\"/><rect x=\"\(lx)\" y=\"60\" width=\"10\" height=\"10\" fill=\"url(#frag)\"/><text x=\"\(lx + 13)\" y=\"69\" font-size=\"10\">hatched = free only in blocks of order ≤ 3</text>\n"
+    s +=
+      "<rect x=\"\(lx)\" y=\"60\" width=\"10\" height=\"10\" fill=\"\(FragmentationMap.shade(.movable, free: 0.6))\"/><rect x=\"\(lx)\" y=\"60\" width=\"10\" height=\"10\" fill=\"url(#frag)\"/><text x=\"\(lx + 13)\" y=\"69\" font-size=\"10\">hatched = free only in blocks of order ≤ 3</text>\n"
     if hasAllocationTypes {
       lx += 225
-      s += "<rect x=\"\(lx)\" y=\"60\" width=\"10\" height=\"10\" fill=\"\(FragmentationMap.shade(.movable, free: 0.3))\"/><path d=\"M\(lx),60 h5 l-5,5 z\" fill=\"#000\"/><text x=\"\(lx + 13)\" y=\"69\" font-size=\"10\">mixed types</text>\n"
+      s +=
+        "<rect x=\"\(lx)\" y=\"60\" width=\"10\" height=\"10\" fill=\"\(FragmentationMap.shade(.movable, free: 0.3))\"/><path d=\"M\(lx),60 h5 l-5,5 z\" fill=\"#000\"/><text x=\"\(lx + 13)\" y=\"69\" font-size=\"10\">mixed types</text>\n"
     }
     // Grid.
     s += "<g shape-rendering=\"crispEdges\">\n"
@@ -189,7 +198,8 @@ public struct FragmentationMap: Sendable {
         continue
       }
       let fill = FragmentationMap.shade(t, free: Double(c.freePages) / Double(pb))
-      s += "<rect x=\"\(x)\" y=\"\(y)\" width=\"\(cell)\" height=\"\(cell)\" fill=\"\(fill)\" stroke=\"#ffffff\" stroke-width=\"0.5\"><title>\(c.pfn) \(t): \(c.freePages)/\(pb) free, largest free order \(c.largestFreeOrder)</title></rect>\n"
+      s +=
+        "<rect x=\"\(x)\" y=\"\(y)\" width=\"\(cell)\" height=\"\(cell)\" fill=\"\(fill)\" stroke=\"#ffffff\" stroke-width=\"0.5\"><title>\(c.pfn) \(t): \(c.freePages)/\(pb) free, largest free order \(c.largestFreeOrder)</title></rect>\n"
       if c.isFragmented {
         s += "<rect x=\"\(x)\" y=\"\(y)\" width=\"\(cell)\" height=\"\(cell)\" fill=\"url(#frag)\" opacity=\"0.55\"/>\n"
       }
@@ -199,25 +209,33 @@ public struct FragmentationMap: Sendable {
       }
     }
     s += "</g>\n"
-    s += "<text x=\"\(margin)\" y=\"\(gridTop + gridH + 14)\" font-size=\"10\" fill=\"#555\">one cell = one pageblock (\(pb) pages), \(columns) per row, pfn \(cells.first.map { "\($0.pfn)" } ?? "") at top left</text>\n"
+    s +=
+      "<text x=\"\(margin)\" y=\"\(gridTop + gridH + 14)\" font-size=\"10\" fill=\"#555\">one cell = one pageblock (\(pb) pages), \(columns) per row, pfn \(cells.first.map { "\($0.pfn)" } ?? "") at top left</text>\n"
     // Bar chart.
     let maxPages = max(freePagesPerOrder.max() ?? 0, 1)
     let barW = 40
     let gap = 14
-    s += "<text x=\"\(margin)\" y=\"\(chartTop - 20)\" font-size=\"12\" font-weight=\"bold\">Free pages per order (buddy and pcp lists; label: blocks)</text>\n"
-    s += "<line x1=\"\(margin)\" y1=\"\(chartTop + chartH)\" x2=\"\(margin + 11 * (barW + gap))\" y2=\"\(chartTop + chartH)\" stroke=\"#333\"/>\n"
+    s +=
+      "<text x=\"\(margin)\" y=\"\(chartTop - 20)\" font-size=\"12\" font-weight=\"bold\">Free pages per order (buddy and pcp lists; label: blocks)</text>\n"
+    s +=
+      "<line x1=\"\(margin)\" y1=\"\(chartTop + chartH)\" x2=\"\(margin + 11 * (barW + gap))\" y2=\"\(chartTop + chartH)\" stroke=\"#333\"/>\n"
     for o in 0...PageGeometry.maxOrder {
       let x = margin + o * (barW + gap)
       let h = Int((Double(freePagesPerOrder[o]) / Double(maxPages) * Double(chartH)).rounded())
       let colour = o <= PageGeometry.costlyOrder ? "#b71c1c" : o < PageGeometry.pageblockOrder ? "#f9a825" : "#2e7d32"
-      s += "<rect x=\"\(x)\" y=\"\(chartTop + chartH - h)\" width=\"\(barW)\" height=\"\(h)\" fill=\"\(colour)\"><title>order \(o): \(freeBlocksPerOrder[o]) blocks, \(freePagesPerOrder[o]) pages</title></rect>\n"
-      s += "<text x=\"\(x + barW / 2)\" y=\"\(chartTop + chartH - h - 4)\" font-size=\"10\" text-anchor=\"middle\">\(freeBlocksPerOrder[o])</text>\n"
-      s += "<text x=\"\(x + barW / 2)\" y=\"\(chartTop + chartH + 14)\" font-size=\"11\" text-anchor=\"middle\">\(o)</text>\n"
+      s +=
+        "<rect x=\"\(x)\" y=\"\(chartTop + chartH - h)\" width=\"\(barW)\" height=\"\(h)\" fill=\"\(colour)\"><title>order \(o): \(freeBlocksPerOrder[o]) blocks, \(freePagesPerOrder[o]) pages</title></rect>\n"
+      s +=
+        "<text x=\"\(x + barW / 2)\" y=\"\(chartTop + chartH - h - 4)\" font-size=\"10\" text-anchor=\"middle\">\(freeBlocksPerOrder[o])</text>\n"
+      s +=
+        "<text x=\"\(x + barW / 2)\" y=\"\(chartTop + chartH + 14)\" font-size=\"11\" text-anchor=\"middle\">\(o)</text>\n"
       let pct = totalFree > 0 ? Double(freePagesPerOrder[o]) * 100 / Double(totalFree) : 0
-      s += "<text x=\"\(x + barW / 2)\" y=\"\(chartTop + chartH + 28)\" font-size=\"9\" text-anchor=\"middle\" fill=\"#555\">\(fmt(pct, 1))%</text>\n"
+      s +=
+        "<text x=\"\(x + barW / 2)\" y=\"\(chartTop + chartH + 28)\" font-size=\"9\" text-anchor=\"middle\" fill=\"#555\">\(fmt(pct, 1))%</text>\n"
     }
     s += "<text x=\"\(margin + 11 * (barW + gap) + 6)\" y=\"\(chartTop + chartH + 14)\" font-size=\"11\">order</text>\n"
-    s += "<text x=\"\(margin)\" y=\"\(chartTop + chartH + 46)\" font-size=\"10\" fill=\"#555\">red: orders 0-3 (pcp orders), amber: 4-8, green: pageblock order and above; % of free pages</text>\n"
+    s +=
+      "<text x=\"\(margin)\" y=\"\(chartTop + chartH + 46)\" font-size=\"10\" fill=\"#555\">red: orders 0-3 (pcp orders), amber: 4-8, green: pageblock order and above; % of free pages</text>\n"
     s += "</svg>\n"
     return s
   }

@@ -16,7 +16,7 @@ extension PageAllocator {
   /// included; pcp pages are not counted, as in the kernel).
   ///
   /// ```
-  /// Node 0, zone   Normal      1      0      1      1      1      1      1      1      1      1     63 
+  /// Node 0, zone   Normal      1      0      1      1      1      1      1      1      1      1     63
   /// ```
   public func buddyInfo() -> String {
     zoneStatistics().filter { $0.present > 0 }
@@ -36,7 +36,8 @@ extension PageAllocator {
     out += "\n"
     for s in stats {
       for mt in MigrateType.allCases {
-        out += "Node " + pad("0", 4) + ", zone " + pad(s.kind.description, 8) + ", type "
+        out +=
+          "Node " + pad("0", 4) + ", zone " + pad(s.kind.description, 8) + ", type "
           + pad(mt.description, 12) + " "
         for o in 0...PageGeometry.maxOrder {
           let c = s.freeBlocksByType[mt.rawValue][o]
@@ -157,5 +158,3 @@ extension PageAllocator {
     return [("nr_free_pages", s.nrFreePages), ("nr_free_pages_blocks", blocks), ("nr_free_cma", cma)]
   }
 }
-
-

@@ -114,12 +114,15 @@ struct Bench: ParsableCommand {
     for per in rs where per.variant == "per-page" {
       guard let con = rs.first(where: { $0.variant == "contig" && $0.order == per.order }) else { continue }
       let o = per.order ?? 0
-      print("high-order order \(o): \(per.iterations) x (alloc_pages + split_page + free of \(per.pagesPerIteration) pages)")
+      print(
+        "high-order order \(o): \(per.iterations) x (alloc_pages + split_page + free of \(per.pagesPerIteration) pages)"
+      )
       print("Execution time before: \(per.totalNanoseconds / 1000) usec")
       print("Execution time after: \(con.totalNanoseconds / 1000) usec")
       print(
         "  per iteration \(fixed(per.nsPerIteration / 1000, 3)) -> \(fixed(con.nsPerIteration / 1000, 3)) us, "
-          + "ns/page \(fixed(per.nsPerPage, 2)) -> \(fixed(con.nsPerPage, 2)), speedup \(fixed(con.extra["speedup"] ?? 0, 2))x")
+          + "ns/page \(fixed(per.nsPerPage, 2)) -> \(fixed(con.nsPerPage, 2)), speedup \(fixed(con.extra["speedup"] ?? 0, 2))x"
+      )
     }
   }
 

@@ -62,7 +62,8 @@ struct Map: ParsableCommand {
   func run() throws {
     let a = try options.makeAllocator()
     let m = FragmentationMap(allocator: a)
-    try writeText(m.svg(title: "pagealloc map: workload \(options.workload.rawValue) (\(options.workload.summary))"), to: svg)
+    try writeText(
+      m.svg(title: "pagealloc map: workload \(options.workload.rawValue) (\(options.workload.summary))"), to: svg)
     print("wrote \(svg): \(m.cells.count) pageblocks, unusable free index at order 9: \(m.unusableFreeIndex(order: 9))")
   }
 }

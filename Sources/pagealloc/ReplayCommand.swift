@@ -41,7 +41,8 @@ struct Replay: ParsableCommand {
       try writeText(result.report.json, to: json)
     }
     if let map {
-      let svg = FragmentationMap(allocator: result.allocator, allocatedByType: result.report.allocatedByType).svg(title: "pagealloc replay \(file)")
+      let svg = FragmentationMap(allocator: result.allocator, allocatedByType: result.report.allocatedByType).svg(
+        title: "pagealloc replay \(file)")
       try writeText(svg, to: map)
     }
   }

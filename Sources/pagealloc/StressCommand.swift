@@ -41,10 +41,14 @@ struct Stress: ParsableCommand {
 
   func validate() throws {
     guard (1...256).contains(threads) else { throw ValidationError("--threads \(threads): must be 1...256") }
-    if let seconds, !(seconds > 0 && seconds <= 86400) { throw ValidationError("--seconds \(seconds): must be in (0, 86400]") }
+    if let seconds, !(seconds > 0 && seconds <= 86400) {
+      throw ValidationError("--seconds \(seconds): must be in (0, 86400]")
+    }
     if let ops, ops < 0 { throw ValidationError("--ops \(ops): must not be negative") }
     guard (0...1).contains(badFree) else { throw ValidationError("--bad-free \(badFree): must be a fraction 0...1") }
-    guard (0...100).contains(faultPercent) else { throw ValidationError("--fault-percent \(faultPercent): must be 0...100") }
+    guard (0...100).contains(faultPercent) else {
+      throw ValidationError("--fault-percent \(faultPercent): must be 0...100")
+    }
     guard verifyEvery >= 0 else { throw ValidationError("--verify-every \(verifyEvery): must not be negative") }
     guard pages >= 8192 && pages <= 1 << 26 else { throw ValidationError("--pages \(pages): must be 8192...2^26") }
     guard (1...10_000).contains(vmallocWeight) else {

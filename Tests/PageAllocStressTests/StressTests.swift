@@ -30,9 +30,10 @@ import _PageAllocUtilities
     #expect(r.quarantinedPages == 0)
     #expect(r.verifications == 9)
     // Every API family ran.
-    for k in ["alloc", "alloc-frozen", "alloc-bulk", "split", "get-put", "free-contig", "free-contig-frozen",
-      "free-pages-bulk", "contig-pages", "put-page", "free-pages"]
-    {
+    for k in [
+      "alloc", "alloc-frozen", "alloc-bulk", "split", "get-put", "free-contig", "free-contig-frozen",
+      "free-pages-bulk", "contig-pages", "put-page", "free-pages",
+    ] {
       #expect((r.operationsByKind[k] ?? 0) > 0, "no \(k)")
     }
   }

@@ -11,7 +11,8 @@ import PageAllocTestSupport
     a.freeBlocks().map { "\($0.pfn)/\($0.order)" }
   }
 
-  @Test("allocContigRange takes exactly the range; freeContigRange returns everything",
+  @Test(
+    "allocContigRange takes exactly the range; freeContigRange returns everything",
     arguments: [(0, 16384), (16384, 16384), (1000, 3000), (513, 1), (4095, 2), (60000, 5536)])
   func roundTrip(start: Int, count: Int) throws {
     let a = try makeAllocator(cpus: 2)
@@ -161,7 +162,6 @@ import PageAllocTestSupport
     #expect(a.allocContigPages(count: 1 << 14, gfp: [.kernel, .noWarn]) == nil)
     try a.verify()
   }
-
 
 }
 

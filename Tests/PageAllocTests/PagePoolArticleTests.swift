@@ -42,9 +42,9 @@ import PageAlloc
 
     // Relinquish: the PFN API (the kernel-model layer) takes over the pages.
     let head = try pool.allocate(order: 2).relinquish()
-    pool.getPage(head)                    // a second reference, as the kernel's get_page()
-    pool.freePages(head, order: 2)        // the tail pages go; the head stays referenced
-    pool.putPage(head)                    // the last reference: the head goes too
+    pool.getPage(head)  // a second reference, as the kernel's get_page()
+    pool.freePages(head, order: 2)  // the tail pages go; the head stays referenced
+    pool.putPage(head)  // the last reference: the head goes too
     // And back: a handle adopts a block allocated with the PFN API.
     let adopted = PageBlock(unsafeAdopting: pool.allocPages(order: 1, gfp: .kernel)!, order: 1, in: pool)
 
@@ -92,14 +92,16 @@ import PageAlloc
     #expect(blocks.count == 1, "the article keeps its example as one Swift code block")
     let block = try #require(blocks.first)
 
-    let lines = try String(contentsOf: thisFile, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
+    let lines = try String(contentsOf: thisFile, encoding: .utf8).split(
+      separator: "\n", omittingEmptySubsequences: false)
     let begin = try #require(lines.firstIndex { $0.trimmingCharacters(in: .whitespaces) == "// BEGIN ARTICLE EXAMPLE" })
     let end = try #require(lines.firstIndex { $0.trimmingCharacters(in: .whitespaces) == "// END ARTICLE EXAMPLE" })
     let indent = lines[begin].prefix { $0 == " " }
     let region = lines[(begin + 1)..<end].map { line in
       line.hasPrefix(indent) ? String(line.dropFirst(indent.count)) : String(line)
     }
-    let firstDifference = zip(region, block).enumerated().first { $0.element.0 != $0.element.1 }?.offset
+    let firstDifference =
+      zip(region, block).enumerated().first { $0.element.0 != $0.element.1 }?.offset
       ?? min(region.count, block.count)
     #expect(
       region == block,

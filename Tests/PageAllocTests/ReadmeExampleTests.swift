@@ -9,14 +9,14 @@ import PageAllocTestSupport
     // A pool of 256 MiB: one Normal zone of 65536 pages, memory from a memfd.
     let pool = try PageAllocator(configuration: .normal(pages: 65536))
 
-    var page = try pool.allocate()                    // one 4 KiB page
+    var page = try pool.allocate()  // one 4 KiB page
     page.withMutableBytes { $0.storeBytes(of: 42, toByteOffset: 0, as: UInt64.self) }
     #expect(try #require(pool.address(of: page.pfn)).load(as: UInt64.self) == 42)
     page.free()
 
-    var run = try pool.allocate(order: 9).split()     // 2 MiB as 512 order-0 pages
-    let buffer = run.extract(first: 16)               // 16 of them kept apart
-    run.free()                                        // 496 pages, freed as 5 aligned chunks
+    var run = try pool.allocate(order: 9).split()  // 2 MiB as 512 order-0 pages
+    let buffer = run.extract(first: 16)  // 16 of them kept apart
+    run.free()  // 496 pages, freed as 5 aligned chunks
     buffer.free()
 
     do {
@@ -24,7 +24,7 @@ import PageAllocTestSupport
       #expect(big.pageCount == 1024)
     } catch {
       Issue.record("allocation failed: \(error.reason)")
-    }                                                 // big is dropped here: its pages are free
+    }  // big is dropped here: its pages are free
 
     #expect(pool.freePageCount == pool.managedPageCount)
     #expect(pool.badPageCount == 0)
@@ -33,14 +33,15 @@ import PageAllocTestSupport
 
   @Test func usageExample() throws {
     // One node with one Normal zone of 256 MiB, two per-CPU page sets, memory from a memfd.
-    let a = try PageAllocator(configuration: .init(
+    let a = try PageAllocator(
+      configuration: .init(
         zones: [ZoneConfiguration(kind: .normal, pfns: 0..<65536)],
         cpuCount: 2, backing: .memfd, sectionPages: 1 << 15))
 
     // A 2 MiB block (order 9), split into 512 order-0 pages, each with its own reference.
     let head = a.allocPages(order: 9, gfp: .kernel)!
     a.splitPage(head, order: 9)
-    let bytes = a.address(of: head + 3)!          // the 4 KiB page at pfn head+3
+    let bytes = a.address(of: head + 3)!  // the 4 KiB page at pfn head+3
     bytes.storeBytes(of: 42, as: UInt64.self)
 
     // Free all 512 pages the series' way: one order-9 chunk onto the per-CPU list.
@@ -55,7 +56,7 @@ import PageAllocTestSupport
     a.freeContigFrozenRange(cma, count: 16)
 
     a.drainAllPages()
-    try a.verify()                 // walks every list and record; throws on a broken invariant
+    try a.verify()  // walks every list and record; throws on a broken invariant
     #expect(a.freeBlockCounts().reduce(0) { $0 + $1 } > 0)
     #expect(a.badPageCount == 0)
     #expect(a.freePageCount == a.managedPageCount)

@@ -102,7 +102,8 @@ import PageAllocTestSupport
     let p = PFN(0x104722)
     let page = TraceEvent(kind: .pageFree, pfn: p, order: 0).pagePointer
     #expect(page.count == 16 && page != "0000000000000000")
-    #expect(TraceEvent(kind: .pageFree, pfn: p, order: 2).formatted == "mm_page_free: page=\(page) pfn=0x104722 order=2")
+    #expect(
+      TraceEvent(kind: .pageFree, pfn: p, order: 2).formatted == "mm_page_free: page=\(page) pfn=0x104722 order=2")
     #expect(
       TraceEvent(kind: .pageFreeBatched, pfn: p, order: 0).formatted
         == "mm_page_free_batched: page=\(page) pfn=0x104722 order=0")
@@ -117,8 +118,10 @@ import PageAllocTestSupport
         == "mm_page_alloc: page=\(page) pfn=0x104722 order=0 migratetype=0 gfp_flags=GFP_KERNEL_ACCOUNT|__GFP_ZERO|__GFP_COMP"
     )
     #expect(TraceEvent(kind: .pageAlloc, pfn: p, order: 0).formatted.hasSuffix("gfp_flags=none"))
-    let line = TraceEvent(kind: .pageFree, pfn: p, order: 0, cpu: 1).ftraceLine(task: "bash", pid: 20222, timestamp: 2070.739071)
-    #expect(line == "            bash-20222   [001] .....  2070.739071: mm_page_free: page=\(page) pfn=0x104722 order=0")
+    let line = TraceEvent(kind: .pageFree, pfn: p, order: 0, cpu: 1).ftraceLine(
+      task: "bash", pid: 20222, timestamp: 2070.739071)
+    #expect(
+      line == "            bash-20222   [001] .....  2070.739071: mm_page_free: page=\(page) pfn=0x104722 order=0")
   }
 
   /// The bench kernel runs and reports its variants (figures are not asserted).

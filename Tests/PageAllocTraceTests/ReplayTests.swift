@@ -23,7 +23,8 @@ func replay(_ text: String, name: String = "t.trace", zone: Range<PFN>? = nil, s
   defer { buf.deallocate() }
   buf.copyBytes(from: bytes)
   return try TraceReplay.run(
-    bytes: UnsafeRawBufferPointer(rebasing: buf[0..<bytes.count]), name: name, options: .init(zone: zone, strict: strict))
+    bytes: UnsafeRawBufferPointer(rebasing: buf[0..<bytes.count]), name: name,
+    options: .init(zone: zone, strict: strict))
 }
 
 func writeTemp(_ name: String, _ bytes: [UInt8]) -> String {
@@ -136,7 +137,9 @@ func pfnsMarked(_ free: [Bool], start: Int) -> [Int] { free.indices.filter { fre
       let op = rng.next() % 100
       if op < 50 || live.isEmpty {
         let order = rng.next() % 8 == 0 ? Int(4 + rng.next() % 7) : Int(rng.next() % 4)
-        if let p = a.allocPages(order: order, gfp: types[Int(rng.next() % 3)].union(.noWarn)) { live.append((p, order)) }
+        if let p = a.allocPages(order: order, gfp: types[Int(rng.next() % 3)].union(.noWarn)) {
+          live.append((p, order))
+        }
       } else {
         let i = Int(rng.next() % UInt64(live.count))
         let (p, order) = live[i]
@@ -293,7 +296,9 @@ func pfnsMarked(_ free: [Bool], start: Int) -> [Int] { free.indices.filter { fre
   /// The pages of one high-order allocation freed one by one, then reallocated.
   @Test func highOrderAllocationFreedPageByPage() throws {
     var text = "t-1 [000] . 1.0: mm_page_alloc: page=1 pfn=0x2000 order=2 migratetype=0 gfp_flags=GFP_KERNEL\n"
-    for k in [3, 0, 2, 1] { text += "t-1 [001] . 1.0: mm_page_free: page=1 pfn=0x\(String(0x2000 + k, radix: 16)) order=0\n" }
+    for k in [3, 0, 2, 1] {
+      text += "t-1 [001] . 1.0: mm_page_free: page=1 pfn=0x\(String(0x2000 + k, radix: 16)) order=0\n"
+    }
     text += "t-1 [000] . 1.0: mm_page_alloc: page=1 pfn=0x2000 order=1 migratetype=0 gfp_flags=GFP_KERNEL\n"
     text += "t-1 [000] . 1.0: mm_page_free: page=1 pfn=0x2000 order=1\n"
     let (r, a) = try replay(text, strict: true)
@@ -363,10 +368,12 @@ func pfnsMarked(_ free: [Bool], start: Int) -> [Int] { free.indices.filter { fre
       #expect(error.description == "x.trace:2: alloc-busy: pfn 0x2000 order 0: page 0x2000 is not free")
     }
     let lines = anomalyTrace().split(separator: "\n")
-    for (n, want) in [(6, "x.trace:2: malformed: mm_page_alloc: bad pfn= value '0xzz'"),
-                      (7, "x.trace:2: malformed: mm_page_free line without order="),
-                      (8, "x.trace:2: malformed: mm_page_free: order 11 is above MAX_PAGE_ORDER (10)"),
-                      (9, "x.trace:2: malformed: mm_page_alloc line without pfn=")] {
+    for (n, want) in [
+      (6, "x.trace:2: malformed: mm_page_alloc: bad pfn= value '0xzz'"),
+      (7, "x.trace:2: malformed: mm_page_free line without order="),
+      (8, "x.trace:2: malformed: mm_page_free: order 11 is above MAX_PAGE_ORDER (10)"),
+      (9, "x.trace:2: malformed: mm_page_alloc line without pfn="),
+    ] {
       let text = lines[0] + "\n" + lines[n - 1] + "\n"
       do {
         _ = try replay(String(text), name: "x.trace", strict: true)
@@ -399,12 +406,15 @@ func pfnsMarked(_ free: [Bool], start: Int) -> [Int] { free.indices.filter { fre
     defer { unlink(e) }
     #expect(throws: ReplayError.self) { try TraceReplay.run(path: e) }
     // A huge pfn span without --zone.
-    let far = "t-1 [000] . 1.0: mm_page_free: page=1 pfn=0x1000 order=0\nt-1 [000] . 1.0: mm_page_free: page=1 pfn=0xfff00000 order=0\n"
+    let far =
+      "t-1 [000] . 1.0: mm_page_free: page=1 pfn=0x1000 order=0\nt-1 [000] . 1.0: mm_page_free: page=1 pfn=0xfff00000 order=0\n"
     do {
       _ = try replay(far, name: "far.trace")
       Issue.record("huge span replayed")
     } catch {
-      #expect(error.description.hasPrefix("far.trace:2: pfns span 0x1000-0xfff00400 (lowest on line 1), more than 2^27 pages"))
+      #expect(
+        error.description.hasPrefix("far.trace:2: pfns span 0x1000-0xfff00400 (lowest on line 1), more than 2^27 pages")
+      )
     }
   }
 
@@ -434,8 +444,10 @@ func pfnsMarked(_ free: [Bool], start: Int) -> [Int] { free.indices.filter { fre
     var rng = TestRNG(seed: 5)
     for i in 0..<200 {
       let pfn = 0x2000 + Int(rng.next() % 4096) & ~3
-      text += "t-\(i) [00\(i % 2)] ..... 1.\(i): mm_page_alloc: page=00000000deadbeef pfn=0x\(String(pfn, radix: 16)) order=2 migratetype=0 gfp_flags=GFP_KERNEL\n"
-      text += "t-\(i) [00\(i % 2)] ..... 1.\(i): mm_page_free: page=00000000deadbeef pfn=0x\(String(pfn + 1, radix: 16)) order=0\n"
+      text +=
+        "t-\(i) [00\(i % 2)] ..... 1.\(i): mm_page_alloc: page=00000000deadbeef pfn=0x\(String(pfn, radix: 16)) order=2 migratetype=0 gfp_flags=GFP_KERNEL\n"
+      text +=
+        "t-\(i) [00\(i % 2)] ..... 1.\(i): mm_page_free: page=00000000deadbeef pfn=0x\(String(pfn + 1, radix: 16)) order=0\n"
     }
     let clean = Array(text.utf8)
     let alphabet = Array("0123456789abcdefx=: []\n\u{0}\u{ff}".utf8)
@@ -460,7 +472,8 @@ func pfnsMarked(_ free: [Bool], start: Int) -> [Int] { free.indices.filter { fre
 
   /// A plain (uncompressed) file is read the same way; a directory is an error.
   @Test func plainFileAndDirectory() throws {
-    let text = "t-1 [001] . 1.0: mm_page_alloc: page=1 pfn=0x2000 order=3 migratetype=0\nt-1 [001] . 1.0: mm_page_free: page=1 pfn=0x2000 order=3\n"
+    let text =
+      "t-1 [001] . 1.0: mm_page_alloc: page=1 pfn=0x2000 order=3 migratetype=0\nt-1 [001] . 1.0: mm_page_free: page=1 pfn=0x2000 order=3\n"
     let path = writeTemp("plain.trace", Array(text.utf8))
     defer { unlink(path) }
     let (r, a) = try TraceReplay.run(path: path, options: .init(strict: true))
@@ -481,7 +494,8 @@ func pfnsMarked(_ free: [Bool], start: Int) -> [Int] { free.indices.filter { fre
     var rng = TestRNG(seed: 3)
     for i in 0..<30000 {
       let pfn = 0x10000 + Int(rng.next() % 8192)
-      text += "t-\(i) [00\(i % 2)] ..... 1.\(i): mm_page_\(i % 3 == 0 ? "free" : "alloc"): page=00000000deadbeef pfn=0x\(String(pfn, radix: 16)) order=0 migratetype=1 gfp_flags=GFP_HIGHUSER_MOVABLE\n"
+      text +=
+        "t-\(i) [00\(i % 2)] ..... 1.\(i): mm_page_\(i % 3 == 0 ? "free" : "alloc"): page=00000000deadbeef pfn=0x\(String(pfn, radix: 16)) order=0 migratetype=1 gfp_flags=GFP_HIGHUSER_MOVABLE\n"
       if i == 15000 { text += "# " + String(repeating: "x", count: 3 << 20) + "\n" }
     }
     let plain = writeTemp("stream.trace", Array(text.utf8))
@@ -499,7 +513,8 @@ func pfnsMarked(_ free: [Bool], start: Int) -> [Int] { free.indices.filter { fre
 
   /// A plain file cut in the middle of its last line: the cut line is malformed.
   @Test func truncatedPlainFileLastLineIsMalformed() throws {
-    let text = "t-1 [000] . 1.0: mm_page_alloc: page=1 pfn=0x2000 order=0 migratetype=0\nt-1 [000] . 1.0: mm_page_free: page=1 pfn=0x20"
+    let text =
+      "t-1 [000] . 1.0: mm_page_alloc: page=1 pfn=0x2000 order=0 migratetype=0\nt-1 [000] . 1.0: mm_page_free: page=1 pfn=0x20"
     let (r, _) = try replay(text)
     #expect(r.count(.malformed) == 1 && r.anomalies[3].firstLines == [2])
     #expect(r.linesRead == 2)

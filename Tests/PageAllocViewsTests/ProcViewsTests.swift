@@ -35,7 +35,8 @@ import PageAllocTestSupport
     let a = try PageAllocator(
       configuration: .init(
         zones: [
-          ZoneConfiguration(kind: .dma32, pfns: PFN(0)..<PFN(32768)), ZoneConfiguration(kind: .normal, pfns: PFN(32768)..<PFN(36864)),
+          ZoneConfiguration(kind: .dma32, pfns: PFN(0)..<PFN(32768)),
+          ZoneConfiguration(kind: .normal, pfns: PFN(32768)..<PFN(36864)),
         ], cpuCount: 1, backing: .none))
     #expect(
       a.buddyInfo()
@@ -74,7 +75,10 @@ import PageAllocTestSupport
       p += 2
     }
     let row = a.pageTypeInfo().split(separator: "\n").first { $0.contains("type      Movable") }
-    #expect(row == "Node    0, zone   Normal, type      Movable >100000      0      0      0      0      0      0      0      0      0      0 ")
+    #expect(
+      row
+        == "Node    0, zone   Normal, type      Movable >100000      0      0      0      0      0      0      0      0      0      0 "
+    )
     #expect(a.buddyInfo().hasPrefix("Node 0, zone   Normal 131072      0 "))
     try a.verify()
   }

@@ -25,7 +25,8 @@ let pages = 1 << order
 
 let benchmarks: @Sendable () -> Void = {
   Benchmark.defaultConfiguration = .init(
-    metrics: [.wallClock, .throughput], warmupIterations: 10, maxDuration: .milliseconds(1500), maxIterations: 1_000_000)
+    metrics: [.wallClock, .throughput], warmupIterations: 10, maxDuration: .milliseconds(1500), maxIterations: 1_000_000
+  )
 
   // MARK: high-order: the patch's loop (alloc_pages order 9 + split_page + free)
 
