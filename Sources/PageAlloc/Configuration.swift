@@ -74,6 +74,9 @@ extension PageAllocator {
     public var printReports: Bool
     /// `vm.percpu_pagelist_high_fraction` (0: auto-tuned high, the default).
     public var percpuPagelistHighFraction: Int
+    /// Compaction: direct compaction on or off, the proactive and extfrag sysctls, and the
+    /// background kcompactd thread (off by default).
+    public var compaction = CompactionConfiguration()
 
     public init(
       zones: [ZoneConfiguration], cpuCount: Int = 2, backing: Backing = .memfd,

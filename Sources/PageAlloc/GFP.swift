@@ -35,12 +35,13 @@ public struct GFP: OptionSet, Hashable, Sendable, CustomStringConvertible {
   public static let kswapdReclaim = GFP(rawValue: 1 << 11)
   /// `__GFP_NOWARN`: no warn_alloc report on failure.
   public static let noWarn = GFP(rawValue: 1 << 13)
-  /// `__GFP_RETRY_MAYFAIL`: accepted; with no reclaim or compaction there is nothing to
-  /// retry, so a request fails as soon as the free lists cannot serve it.
+  /// `__GFP_RETRY_MAYFAIL`: accepted; with no reclaim there is no progress to retry on, so
+  /// a request fails once the free lists and direct compaction cannot serve it.
   public static let retryMayFail = GFP(rawValue: 1 << 14)
   /// `__GFP_NOFAIL` (accepted; there is no reclaim to retry, so it cannot be honoured).
   public static let noFail = GFP(rawValue: 1 << 15)
-  /// `__GFP_NORETRY`: accepted (every request is "no retry" here).
+  /// `__GFP_NORETRY`: a costly request (order above 3) gets no direct compaction (the
+  /// 2026 slow path), a cheaper one compacts once, asynchronously or not.
   public static let noRetry = GFP(rawValue: 1 << 16)
   /// `__GFP_COMP`: an order > 0 allocation is a compound page.
   public static let comp = GFP(rawValue: 1 << 18)

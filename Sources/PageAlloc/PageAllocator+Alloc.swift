@@ -11,11 +11,13 @@ extension PageAllocator {
   ///
   /// The zonelist is walked from the highest zone the flags allow down (Movable -> Normal ->
   /// DMA32 -> DMA), first against each zone's low watermark, then against its min
-  /// watermark less the reserves `.high` (GFP_ATOMIC) may use. PageAlloc has no reclaim and
-  /// no compaction: a request that finds every zone below its watermark, or no free block
-  /// of the order, returns `nil` with a warn_alloc report (unless `.noWarn`). A request that
-  /// may reclaim (`.directReclaim`, as in `.kernel`) first drains every CPU's pcp lists and
-  /// tries once more, as the kernel's direct-reclaim path does when reclaim frees nothing.
+  /// watermark less the reserves `.high` (GFP_ATOMIC) may use. PageAlloc has no reclaim: a
+  /// request that finds every zone below its watermark, or no free block of the order,
+  /// returns `nil` with a warn_alloc report (unless `.noWarn`). A request that may reclaim
+  /// (`.directReclaim`, as in `.kernel`) first drains every CPU's pcp lists and tries once
+  /// more, as the kernel's direct-reclaim path does when reclaim frees nothing; one of order
+  /// above 0 that may also do I/O then compacts directly (moving movable blocks,
+  /// ``MovablePageOwner``), and takes the block compaction frees (page capture).
   ///
   /// - Complexity: O(1) from a per-CPU list; O(MAX_PAGE_ORDER) from the buddy, plus
   ///   O(2^order) for `.comp`, `.zero` and page poisoning.
@@ -102,6 +104,7 @@ extension PageAllocator {
         }
       }
     }
+    if _slowPath(order > 0), let pfn = allocPagesCompacting(order, gfp, frozen: frozen, mt, highest) { return pfn }
     reportAllocFailure(order, gfp)
     tracePageAlloc(nil, order, mt, gfp)
     return nil

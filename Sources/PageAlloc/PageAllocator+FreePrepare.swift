@@ -101,6 +101,7 @@ extension PageAllocator {
       t += 1
     }
     if _fastPath(!bad) {
+      if _slowPath(w & PG.movableMask != 0) { dropMovable(pfn) }
       t = r
       i = 0
       while i < n {
@@ -201,7 +202,14 @@ extension PageAllocator {
   /// poisoning or tracing is on). Returns true when the page may be freed (its flag word is
   /// then clear).
   @usableFromInline @inline(never)
-  func preparePageSlow(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ w: UInt32, _ op: String) -> Bool {
+  func preparePageSlow(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ wIn: UInt32, _ op: String) -> Bool {
+    var w = wIn
+    if w & PG.movableMask != 0 {
+      // The last reference of a movable page: its owner's registration goes with it.
+      dropMovable(pfn)
+      w &= ~PG.movableMask
+      r.pointee.flags.store(w, ordering: .relaxed)
+    }
     if w & PG.flagMask == 0 {
       // Only an order left in the word: an unsplit non-compound head freed page by page.
       r.pointee.flags.store(0, ordering: .relaxed)

@@ -10,6 +10,44 @@ public struct TraceEvent: Sendable, Hashable {
     case pageFreeBatched = "mm_page_free_batched"
     case pageAllocZoneLocked = "mm_page_alloc_zone_locked"
     case pagePcpuDrain = "mm_page_pcpu_drain"
+    // Compaction and migration (trace/events/compaction.h, migrate.h, page_isolation.h):
+    // their numbers are in ``TraceEvent/values``, in the order each case lists.
+    /// `[start_pfn, end_pfn, nr_scanned, nr_taken]`
+    case compactionIsolateMigratepages = "mm_compaction_isolate_migratepages"
+    /// `[start_pfn, end_pfn, nr_scanned, nr_taken]`
+    case compactionIsolateFreepages = "mm_compaction_isolate_freepages"
+    /// `[nr_migrated, nr_failed]`
+    case compactionMigratepages = "mm_compaction_migratepages"
+    /// `[zone_start, migrate_pfn, free_pfn, zone_end, sync]`
+    case compactionBegin = "mm_compaction_begin"
+    /// `[zone_start, migrate_pfn, free_pfn, zone_end, sync, status]` (status: a
+    /// ``CompactionResult`` raw value)
+    case compactionEnd = "mm_compaction_end"
+    /// `[order, priority]`; the request's flags in ``TraceEvent/gfp``
+    case compactionTryToCompactPages = "mm_compaction_try_to_compact_pages"
+    /// `[zone kind, order, status]`
+    case compactionSuitable = "mm_compaction_suitable"
+    /// `[zone kind, order, status]`
+    case compactionFinished = "mm_compaction_finished"
+    /// `[zone kind, order, order_failed, considered, defer_shift]`
+    case compactionDeferred = "mm_compaction_deferred"
+    /// `[zone kind, order, order_failed, considered, defer_shift]`
+    case compactionDeferCompaction = "mm_compaction_defer_compaction"
+    /// `[zone kind, order, order_failed, considered, defer_shift]`
+    case compactionDeferReset = "mm_compaction_defer_reset"
+    /// `[nid]`
+    case compactionKcompactdSleep = "mm_compaction_kcompactd_sleep"
+    /// `[nid, order, highest zone kind]`
+    case compactionWakeupKcompactd = "mm_compaction_wakeup_kcompactd"
+    /// `[nid, order, highest zone kind]`
+    case compactionKcompactdWake = "mm_compaction_kcompactd_wake"
+    /// `[mode, reason]` (``MigrationMode`` raw value; reason 0 compaction, 7 contig_range)
+    case migratePagesStart = "mm_migrate_pages_start"
+    /// `[nr_succeeded, nr_failed, nr_thp_succeeded, nr_thp_failed, nr_thp_split, nr_split,
+    /// mode, reason]`
+    case migratePages = "mm_migrate_pages"
+    /// `[start_pfn, end_pfn, fin_pfn]`
+    case testPagesIsolated = "test_pages_isolated"
   }
   public var kind: Kind
   /// nil for a failed allocation (printed as page=0000000000000000 pfn=0x0).
@@ -20,10 +58,13 @@ public struct TraceEvent: Sendable, Hashable {
   public var percpuRefill: Bool
   /// The CPU (pcp set) the event happened on.
   public var cpu: Int
+  /// The numbers of a compaction or migration event, as its ``Kind`` case lists them
+  /// (empty for the page events).
+  public var values: [Int]
 
   public init(
     kind: Kind, pfn: PFN?, order: Int, migrateType: Int = 0, gfp: GFP = [], percpuRefill: Bool = false,
-    cpu: Int = 0
+    cpu: Int = 0, values: [Int] = []
   ) {
     self.kind = kind
     self.pfn = pfn
@@ -32,6 +73,7 @@ public struct TraceEvent: Sendable, Hashable {
     self.gfp = gfp
     self.percpuRefill = percpuRefill
     self.cpu = cpu
+    self.values = values
   }
 
   /// The `page=%p` value: a stable stand-in for the kernel's hashed struct page pointer.
@@ -46,6 +88,7 @@ public struct TraceEvent: Sendable, Hashable {
 
   /// The event's TP_printk text, e.g. `mm_page_free: page=... pfn=0x1000 order=0`.
   public var formatted: String {
+    if let text = compactionText { return "\(kind.rawValue): " + text }
     let pfnText = "0x" + String(pfn?.value ?? 0, radix: 16)
     let head = "\(kind.rawValue): page=\(pagePointer) pfn=\(pfnText)"
     switch kind {
@@ -59,6 +102,8 @@ public struct TraceEvent: Sendable, Hashable {
       return "\(head) order=\(order) migratetype=\(migrateType) percpu_refill=\(percpuRefill ? 1 : 0)"
     case .pagePcpuDrain:
       return "\(head) order=\(order) migratetype=\(migrateType)"
+    default:
+      return head
     }
   }
 

@@ -42,6 +42,15 @@ enum PG {
   @usableFromInline static let active: UInt32 = 1 << 11
   @usableFromInline static let unevictable: UInt32 = 1 << 12
   @usableFromInline static let mlocked: UInt32 = 1 << 13
+  /// The page has movable operations: an owner registered it (the kernel's
+  /// `page_has_movable_ops()`, a page type there). Set on the head of an allocated block,
+  /// cleared when the block is freed (MovablePages.swift).
+  @usableFromInline static let movable: UInt32 = 1 << 14
+  /// PG_movable_ops_isolated: compaction or a contiguous-range allocation has isolated the
+  /// movable page for migration; only the core sets and clears it.
+  @usableFromInline static let movableIsolated: UInt32 = 1 << 15
+  /// Both movable bits.
+  @usableFromInline static let movableMask: UInt32 = movable | movableIsolated
 
   /// PAGE_FLAGS_CHECK_AT_FREE (the subset we model).
   @usableFromInline static let checkAtFree: UInt32 =
