@@ -40,8 +40,9 @@ public struct GFP: OptionSet, Hashable, Sendable, CustomStringConvertible {
   public static let retryMayFail = GFP(rawValue: 1 << 14)
   /// `__GFP_NOFAIL` (accepted; there is no reclaim to retry, so it cannot be honoured).
   public static let noFail = GFP(rawValue: 1 << 15)
-  /// `__GFP_NORETRY`: a costly request (order above 3) gets no direct compaction (the
-  /// 2026 slow path), a cheaper one compacts once, asynchronously or not.
+  /// `__GFP_NORETRY`: fail rather than retry. A costly request (order above 3) gets no
+  /// direct compaction (the 2026 slow path); a cheaper one gets the slow path's first
+  /// compaction attempts, none at a raised priority.
   public static let noRetry = GFP(rawValue: 1 << 16)
   /// `__GFP_COMP`: an order > 0 allocation is a compound page.
   public static let comp = GFP(rawValue: 1 << 18)

@@ -1113,8 +1113,8 @@ extension PageAllocator {
   /// the pcp drain that stands in for reclaim): `__alloc_pages_slowpath()`'s
   /// `__alloc_pages_direct_compact()` calls. A costly request, or a non-movable one of
   /// order above 0, compacts first at ASYNC priority and tries the free lists again; then
-  /// (unless `.noRetry`) compacts at SYNC_LIGHT. A movable request of a non-costly order
-  /// compacts once at SYNC_LIGHT. With no reclaim there is no progress to retry on, so
+  /// compacts at SYNC_LIGHT (at ASYNC again with `.noRetry`, which stops there). A movable
+  /// request of a non-costly order compacts once at SYNC_LIGHT. With no reclaim there is no progress to retry on, so
   /// priority never rises further (`should_compact_retry()` is never reached).
   ///
   /// Departure in order: the kernel reclaims between the ASYNC and the SYNC_LIGHT attempt;
@@ -1132,9 +1132,11 @@ extension PageAllocator {
     if compactFirst {
       if let p = directCompact(order, gfp, frozen: frozen, mt, highest, .async) { return p }
       if let p = freelistMin(order, gfp, frozen: frozen, mt, highest) { return p }
-      if gfp.contains(.noRetry) { return nil }
     }
-    return directCompact(order, gfp, frozen: frozen, mt, highest, .syncLight)
+    // After the first attempt the kernel raises the priority to SYNC_LIGHT, unless
+    // __GFP_NORETRY keeps it at ASYNC for the one retry it gets.
+    let prio: CompactPriority = compactFirst && gfp.contains(.noRetry) ? .async : .syncLight
+    return directCompact(order, gfp, frozen: frozen, mt, highest, prio)
   }
 
   /// `get_page_from_freelist()` at the min watermark less the request's reserves.
