@@ -122,3 +122,12 @@ public struct CompactionStatistics: Sendable, Hashable {
     ]
   }
 }
+
+extension CompactionStatistics {
+  /// All zero: nothing migrated or compacted yet.
+  public init() {
+    (pgmigrateSuccess, pgmigrateFail, thpMigrationSuccess, thpMigrationFail, thpMigrationSplit) = (0, 0, 0, 0, 0)
+    (compactMigrateScanned, compactFreeScanned, compactIsolated, compactStall, compactFail) = (0, 0, 0, 0, 0)
+    (compactSuccess, compactDaemonWake, compactDaemonMigrateScanned, compactDaemonFreeScanned) = (0, 0, 0, 0)
+  }
+}

@@ -147,7 +147,7 @@ extension PageAllocator {
       freeBlockContaining(pfn.value) == nil
     else { return false }
     // The entry first, the flag second: a scanner that sees the flag finds the owner.
-    compaction.owners.withLock { $0[pfn.value] = MovableEntry(owner: owner, order: order) }
+    compaction.owners.register(pfn.value, owner)
     r.pointee.flags.bitwiseOr(PG.movable, ordering: .releasing)
     return true
   }
@@ -169,7 +169,7 @@ extension PageAllocator {
       if done { break }
       w = now
     }
-    compaction.owners.withLock { _ = $0.removeValue(forKey: pfn.value) }
+    compaction.owners.remove(pfn.value)
     return true
   }
 
@@ -186,17 +186,12 @@ extension PageAllocator {
   }
 
   /// Movable blocks registered now.
-  public var movableBlockCount: Int { compaction.owners.withLock { $0.count } }
+  public var movableBlockCount: Int { compaction.owners.registered }
 
   /// The free of a movable block's last reference: its registration ends.
   @usableFromInline @inline(never)
   func dropMovable(_ pfn: Int) {
-    compaction.owners.withLock { _ = $0.removeValue(forKey: pfn) }
-  }
-
-  /// The owner of the movable block at `pfn`, if registered.
-  func movableEntry(_ pfn: Int) -> MovableEntry? {
-    compaction.owners.withLock { $0[pfn] }
+    compaction.owners.remove(pfn)
   }
 }
 
@@ -220,6 +215,10 @@ public final class MovablePageTable: MovablePageOwner, @unchecked Sendable {
   /// A block of the table: stable across migrations.
   public struct Handle: Hashable, Sendable, Comparable {
     public let id: Int
+    /// The handle numbered `id` (``allocate(order:gfp:)`` numbers them from 0, and gives a
+    /// freed handle's number to a later block); an id the table does not hold names no
+    /// block.
+    public init(id: Int) { self.id = id }
     public static func < (a: Handle, b: Handle) -> Bool { a.id < b.id }
   }
 
@@ -233,42 +232,106 @@ public final class MovablePageTable: MovablePageOwner, @unchecked Sendable {
     var isolated = false
   }
 
+  /// The handle numbered by each pfn: a flat array over the memmap's pfns (id + 1, 0 for
+  /// none), as the allocator keeps its owners, since a table may hold a page for every pfn.
+  struct PFNIndex {
+    let base: Int
+    let count: Int
+    let ids: UnsafeMutablePointer<UInt32>
+
+    subscript(pfn: Int) -> Int? {
+      get {
+        let i = pfn &- base
+        guard i >= 0 && i < count, ids[i] != 0 else { return nil }
+        return Int(ids[i]) &- 1
+      }
+      nonmutating set {
+        let i = pfn &- base
+        guard i >= 0 && i < count else { return }
+        ids[i] = newValue.map { UInt32(truncatingIfNeeded: $0 &+ 1) } ?? 0
+      }
+    }
+  }
+
   struct State {
-    var entries: [Int: Entry] = [:]
-    var byPFN: [Int: Int] = [:]
-    var nextID = 0
+    /// By handle id; a freed id is reused.
+    var entries: [Entry?] = []
+    var freeIDs: [Int] = []
+    var live = 0
+    var byPFN: PFNIndex
     var migrations = 0
     var refusals = 0
+
+    func entry(_ id: Int) -> Entry? { id >= 0 && id < entries.count ? entries[id] : nil }
+
+    mutating func insert(_ e: Entry) -> Int {
+      let id: Int
+      if let f = freeIDs.popLast() {
+        id = f
+        entries[id] = e
+      } else {
+        id = entries.count
+        entries.append(e)
+      }
+      byPFN[e.pfn] = id
+      live += 1
+      return id
+    }
+
+    mutating func remove(_ id: Int) -> Entry? {
+      guard let e = entry(id) else { return nil }
+      entries[id] = nil
+      freeIDs.append(id)
+      if byPFN[e.pfn] == id { byPFN[e.pfn] = nil }
+      live -= 1
+      return e
+    }
   }
 
   unowned let allocator: PageAllocator
-  let state = LockedState(State())
+  let state: LockedState<State>
+  let indexBytes: Int
 
   public init(allocator: PageAllocator) {
     self.allocator = allocator
+    let span = allocator.pfnSpan
+    let count = max(span.count, 1)
+    indexBytes = count * MemoryLayout<UInt32>.stride
+    let p = mmap(nil, indexBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+    guard let p, p != MAP_FAILED else { fatalError("MovablePageTable: cannot reserve \(indexBytes) bytes") }
+    let index = PFNIndex(base: span.lowerBound.value, count: count, ids: p.bindMemory(to: UInt32.self, capacity: count))
+    state = LockedState(State(byPFN: index))
+  }
+
+  deinit {
+    let p = state.withLock { $0.byPFN.ids }
+    munmap(p, indexBytes)
   }
 
   /// Allocates a movable block of `order` (``PageAllocator/allocPages(order:gfp:owner:)``)
   /// and returns its handle, or nil. `gfp` must contain `.movable`.
   public func allocate(order: Int, gfp: GFP = .highUserMovable) -> Handle? {
     guard let p = allocator.allocPages(order: order, gfp: gfp, owner: self) else { return nil }
-    return state.withLock { s in
-      let id = s.nextID
-      s.nextID += 1
-      s.entries[id] = Entry(pfn: p.value, order: order)
-      s.byPFN[p.value] = id
-      return Handle(id: id)
+    return state.withLock { s in Handle(id: s.insert(Entry(pfn: p.value, order: order))) }
+  }
+
+  /// Takes a block the caller allocated (the head of `order` with the caller's one
+  /// reference, compound above order 0) into the table: it is registered movable and
+  /// freed by ``free(_:)`` from then on. Returns nil, changing nothing, when the block
+  /// cannot be registered (see ``PageAllocator/setMovable(_:order:owner:)``).
+  public func adopt(_ pfn: PFN, order: Int) -> Handle? {
+    let id = state.withLock { s in s.insert(Entry(pfn: pfn.value, order: order)) }
+    guard allocator.setMovable(pfn, order: order, owner: self) else {
+      state.withLock { s in _ = s.remove(id) }
+      return nil
     }
+    return Handle(id: id)
   }
 
   /// Frees the block of `handle` (wherever it is now). Returns false for an unknown handle.
   @discardableResult
   public func free(_ handle: Handle) -> Bool {
-    let e = state.withLock { s -> Entry? in
-      guard let e = s.entries.removeValue(forKey: handle.id) else { return nil }
-      s.byPFN.removeValue(forKey: e.pfn)
-      return e
-    }
+    let e = state.withLock { s in s.remove(handle.id) }
     guard let e else { return false }
     // Outside the table's lock: the free may end the registration in the allocator. An
     // isolated block stays allocated (the isolation holds a reference) until the
@@ -279,14 +342,16 @@ public final class MovablePageTable: MovablePageOwner, @unchecked Sendable {
 
   /// Where the block of `handle` is now (it may move right after this returns), or nil.
   public func pfn(of handle: Handle) -> PFN? {
-    state.withLock { s in s.entries[handle.id].map { PFN($0.pfn) } }
+    state.withLock { s in s.entry(handle.id).map { PFN($0.pfn) } }
   }
 
   /// The handles, in allocation order.
-  public var handles: [Handle] { state.withLock { s in s.entries.keys.sorted().map { Handle(id: $0) } } }
+  public var handles: [Handle] {
+    state.withLock { s in s.entries.indices.filter { s.entries[$0] != nil }.map { Handle(id: $0) } }
+  }
 
   /// Blocks held.
-  public var count: Int { state.withLock { $0.entries.count } }
+  public var count: Int { state.withLock { $0.live } }
 
   /// Migrations the table followed so far.
   public var migrationCount: Int { state.withLock { $0.migrations } }
@@ -300,7 +365,7 @@ public final class MovablePageTable: MovablePageOwner, @unchecked Sendable {
     var entry: Entry?
     while true {
       let (e, busy) = state.withLock { s -> (Entry?, Bool) in
-        guard var e = s.entries[handle.id] else { return (nil, false) }
+        guard var e = s.entry(handle.id) else { return (nil, false) }
         if e.isolated {
           if !waiting { e.pinWaiters += 1 }
           s.entries[handle.id] = e
@@ -322,7 +387,7 @@ public final class MovablePageTable: MovablePageOwner, @unchecked Sendable {
     let e = entry!
     defer {
       state.withLock { s in
-        if var x = s.entries[handle.id] {
+        if var x = s.entry(handle.id) {
           x.pins -= 1
           s.entries[handle.id] = x
         }
@@ -338,7 +403,7 @@ public final class MovablePageTable: MovablePageOwner, @unchecked Sendable {
 
   public func isolatePage(_ pfn: PFN, order: Int, mode: MigrationMode) -> Bool {
     state.withLock { s in
-      guard let id = s.byPFN[pfn.value], var e = s.entries[id], !e.isolated else { return false }
+      guard let id = s.byPFN[pfn.value], var e = s.entry(id), !e.isolated else { return false }
       if e.pins > 0 || e.pinWaiters > 0 {
         s.refusals += 1
         return false
@@ -351,8 +416,8 @@ public final class MovablePageTable: MovablePageOwner, @unchecked Sendable {
 
   public func migratePage(from source: PFN, to destination: PFN, order: Int, mode: MigrationMode) -> MigrationResult {
     state.withLock { s in
-      guard let id = s.byPFN[source.value], var e = s.entries[id], e.isolated else { return .failure }
-      s.byPFN.removeValue(forKey: source.value)
+      guard let id = s.byPFN[source.value], var e = s.entry(id), e.isolated else { return .failure }
+      s.byPFN[source.value] = nil
       s.byPFN[destination.value] = id
       e.pfn = destination.value
       e.isolated = false
@@ -364,7 +429,7 @@ public final class MovablePageTable: MovablePageOwner, @unchecked Sendable {
 
   public func putBackPage(_ pfn: PFN, order: Int) {
     state.withLock { s in
-      guard let id = s.byPFN[pfn.value], var e = s.entries[id] else { return }
+      guard let id = s.byPFN[pfn.value], var e = s.entry(id) else { return }
       e.isolated = false
       s.entries[id] = e
     }

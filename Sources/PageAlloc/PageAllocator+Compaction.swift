@@ -11,7 +11,8 @@ import Synchronization
 // What the kernel does through reclaim has no counterpart here (PageAlloc has no reclaim):
 // the slow path never escalates compaction priority (`should_compact_retry()` needs reclaim
 // progress), so SYNC_FULL direct compaction is never reached; kswapd does not exist, so the
-// skip bits are reset by kcompactd before it sleeps and by ``resetIsolationSuitable()``;
+// skip bits are reset where it would go to sleep: when the slow path would wake it
+// (`wakeKswapd`), when kcompactd sleeps, and by ``resetIsolationSuitable()``;
 // `too_many_isolated()` is never true; the LRU is absent, so only pages with movable
 // operations (MovablePages.swift) move. The fast searches (`fast_find_migrateblock()`,
 // `fast_isolate_freepages()`) are not modelled: the linear scanners alone are correct, and
@@ -1121,7 +1122,7 @@ extension PageAllocator {
   /// here the pcp drain that models reclaim ran before both.
   @usableFromInline @inline(never)
   func allocPagesCompacting(_ order: Int, _ gfp: GFP, frozen: Bool, _ mt: Int, _ highest: Int) -> Int? {
-    if gfp.contains(.kswapdReclaim) { wakeupKcompactd(order, highest) }
+    if gfp.contains(.kswapdReclaim) { wakeKswapd(order, highest) }
     guard compaction.directEnabled.load(ordering: .relaxed), gfp.contains(.directReclaim), gfp.contains(.io),
       cpa_get_in_compaction() == 0
     else { return nil }
@@ -1137,6 +1138,16 @@ extension PageAllocator {
     // __GFP_NORETRY keeps it at ASYNC for the one retry it gets.
     let prio: CompactPriority = compactFirst && gfp.contains(.noRetry) ? .async : .syncLight
     return directCompact(order, gfp, frozen: frozen, mt, highest, prio)
+  }
+
+  /// `wake_all_kswapds()` for a request of order above 0 with ALLOC_KSWAPD. There is no
+  /// kswapd and nothing to reclaim: the model is a kswapd that wakes, finds nothing to do
+  /// and goes back to sleep at once, which is when the kernel's kswapd flushes the
+  /// compaction skip bits of a zone whose last direct compaction met the scanners
+  /// (`reset_isolation_suitable()`) and wakes kcompactd for the order.
+  func wakeKswapd(_ order: Int, _ highest: Int) {
+    resetIsolationSuitable()
+    wakeupKcompactd(order, highest)
   }
 
   /// `get_page_from_freelist()` at the min watermark less the request's reserves.
@@ -1415,7 +1426,10 @@ final class KcompactdContext: @unchecked Sendable {
   }
 
   /// `kcompactd()`: sleep (with the timeout the last round asked for), then one round.
+  /// The thread uses the last CPU's pcp set: a kernel thread runs on some CPU, and a fixed
+  /// one keeps its rounds reproducible.
   func loop() {
+    if let a = allocator { PageAllocator.setThreadCPU(a.cpuCount - 1) }
     var timeout: Int? = allocator.map { $0.compactionProactiveness == 0 ? nil : intervalMs } ?? nil
     while true {
       allocator?.traceCompaction(.compactionKcompactdSleep, [0])

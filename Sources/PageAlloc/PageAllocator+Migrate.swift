@@ -90,12 +90,13 @@ extension PageAllocator {
       putRef(pfn, "isolateMovable")
       return nil
     }
-    guard let e = movableEntry(pfn), e.owner.isolatePage(PFN(pfn), order: e.order, mode: mode) else {
+    let order = PG.order(w)
+    guard let owner = compaction.owners.owner(pfn), owner.isolatePage(PFN(pfn), order: order, mode: mode) else {
       r.pointee.flags.bitwiseAnd(~PG.movableIsolated, ordering: .releasing)
       putRef(pfn, "isolateMovable")
       return nil
     }
-    return IsolatedMovable(pfn: pfn, order: e.order, owner: e.owner)
+    return IsolatedMovable(pfn: pfn, order: order, owner: owner)
   }
 
   /// `putback_movable_pages()`: gives every isolated block back to its owner and drops the
@@ -293,10 +294,7 @@ extension PageAllocator {
   /// The owner moved to `dst`: the registration follows it, the target's reference becomes
   /// the owner's, and the source loses the owner's and the isolation's references.
   func finishMigration(_ src: IsolatedMovable, _ dst: Int) {
-    compaction.owners.withLock { t in
-      t.removeValue(forKey: src.pfn)
-      t[dst] = MovableEntry(owner: src.owner, order: src.order)
-    }
+    compaction.owners.move(src.pfn, to: dst)
     memMap.presentRecord(dst).pointee.flags.bitwiseOr(PG.movable, ordering: .releasing)
     let r = memMap.presentRecord(src.pfn)
     r.pointee.flags.bitwiseAnd(~PG.movableMask, ordering: .releasing)

@@ -133,7 +133,8 @@ public final class PageAllocator: @unchecked Sendable {
 
     zonelists = PageAllocator.makeZonelists(c.zones)
     zones = PageAllocator.makeZones(c.zones)
-    compaction = CompactionState(zones: zones, count: c.zones.count, configuration: c.compaction)
+    compaction = CompactionState(
+      zones: zones, count: c.zones.count, configuration: c.compaction, basePFN: memMap.basePFN, endPFN: memMap.endPFN)
     captureArmed = Atomic(0)
     precondition(MemoryLayout<PerCPUPages>.size <= PageAllocator.pcpSlotBytes)
     pcpBase = .allocate(byteCount: PageAllocator.pcpStride * c.cpuCount * c.zones.count, alignment: 64)

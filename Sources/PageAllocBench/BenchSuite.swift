@@ -101,6 +101,7 @@ public enum BenchRegistry {
     .cma,
     .traceOverhead,
     .vmalloc,
+    .compaction,
   ]
 
   /// The suite called `name`, or nil.

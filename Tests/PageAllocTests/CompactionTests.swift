@@ -575,13 +575,18 @@ final class RefusingOwner: MovablePageOwner, @unchecked Sendable {
   }
 
   @Test func backgroundKcompactdCompactsAndStops() throws {
-    var config = PageAllocator.Configuration.normal(pages: 1 << 14, cpuCount: 1, backing: .memfd)
+    // Proactiveness 0: the daemon sleeps until woken, so nothing runs during the fill.
+    var config = PageAllocator.Configuration.normal(pages: 1 << 14, cpuCount: 2, backing: .memfd)
     config.compaction.backgroundThread = true
     config.compaction.kcompactdIntervalMilliseconds = 10
+    config.compaction.proactiveness = 0
+    PageAllocator.setThreadCPU(0)
+    defer { PageAllocator.setThreadCPU(nil) }
     var a: PageAllocator? = try PageAllocator(configuration: config)
     let table = MovablePageTable(allocator: a!)
     let (movable, unmovable) = fragmentWithMovableOwners(a!, table)
-    // Writing the sysctl wakes it; wait (bounded) until the score is down.
+    #expect(a!.fragmentationScore > 90)
+    // Writing the sysctl wakes it; wait (bounded, not timed) until the score is down.
     a!.compactionProactiveness = 20
     var waited = 0
     while a!.fragmentationScore > 80 && waited < 2000 {

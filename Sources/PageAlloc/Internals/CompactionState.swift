@@ -80,10 +80,98 @@ final class CompactionCounters: Sendable {
   let kcompactdFreeScanned = Atomic<Int>(0)
 }
 
-/// One registered movable block: its owner and order (MovablePages.swift).
-struct MovableEntry: Sendable {
-  var owner: any MovablePageOwner
-  var order: Int
+/// The owners of movable blocks (MovablePages.swift): for each pfn of the memmap the slot
+/// of the owner of the block whose head it is (0: none), and the owners by slot, each with
+/// the number of blocks it has registered (a slot is reused once that falls to zero, so an
+/// owner no longer holding pages is not kept alive).
+///
+/// A flat array per pfn rather than a dictionary: compaction looks an owner up for every
+/// movable page it isolates and moves the registration for every page it migrates, and a
+/// hashed lookup into hundreds of thousands of entries misses the cache every time. The
+/// array is reserved `MAP_NORESERVE`: only the parts holding registrations cost memory.
+/// Everything is read and written under one mutex.
+final class MovableRegistry: @unchecked Sendable {
+  struct Owners {
+    var list: [(owner: (any MovablePageOwner)?, blocks: Int)] = []
+    var freeSlots: [Int] = []
+    var slotOf: [ObjectIdentifier: Int] = [:]
+    var registered = 0
+  }
+
+  let basePFN: Int
+  let count: Int
+  let slots: UnsafeMutablePointer<UInt32>
+  let owners = LockedState(Owners())
+
+  init(basePFN: Int, endPFN: Int) {
+    self.basePFN = basePFN
+    count = max(endPFN - basePFN, 1)
+    let bytes = count * MemoryLayout<UInt32>.stride
+    let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+    guard let p, p != MAP_FAILED else { fatalError("cannot reserve the movable-page registry (\(bytes) bytes)") }
+    slots = p.bindMemory(to: UInt32.self, capacity: count)
+  }
+
+  deinit { munmap(slots, count * MemoryLayout<UInt32>.stride) }
+
+  /// Registers `owner` for the block at `pfn` (no registration there yet).
+  func register(_ pfn: Int, _ owner: any MovablePageOwner) {
+    owners.withLock { o in
+      let id = ObjectIdentifier(owner)
+      let slot: Int
+      if let s = o.slotOf[id] {
+        slot = s
+        o.list[s].blocks += 1
+      } else if let s = o.freeSlots.popLast() {
+        slot = s
+        o.list[s] = (owner, 1)
+        o.slotOf[id] = s
+      } else {
+        slot = o.list.count
+        o.list.append((owner, 1))
+        o.slotOf[id] = slot
+      }
+      slots[pfn &- basePFN] = UInt32(slot &+ 1)
+      o.registered += 1
+    }
+  }
+
+  /// Ends the registration at `pfn`, if any.
+  func remove(_ pfn: Int) {
+    owners.withLock { o in Self.release(&o, pfn, slots, basePFN) }
+  }
+
+  private static func release(_ o: inout Owners, _ pfn: Int, _ slots: UnsafeMutablePointer<UInt32>, _ base: Int) {
+    let v = Int(slots[pfn &- base])
+    guard v != 0 else { return }
+    slots[pfn &- base] = 0
+    o.registered -= 1
+    let s = v &- 1
+    o.list[s].blocks -= 1
+    if o.list[s].blocks == 0 {
+      if let owner = o.list[s].owner { o.slotOf.removeValue(forKey: ObjectIdentifier(owner)) }
+      o.list[s] = (nil, 0)
+      o.freeSlots.append(s)
+    }
+  }
+
+  /// The owner of the block at `pfn`, or nil.
+  func owner(_ pfn: Int) -> (any MovablePageOwner)? {
+    owners.withLock { o in
+      let v = Int(slots[pfn &- basePFN])
+      return v == 0 ? nil : o.list[v &- 1].owner
+    }
+  }
+
+  /// A migration: the registration at `src` moves to `dst`.
+  func move(_ src: Int, to dst: Int) {
+    owners.withLock { _ in
+      slots[dst &- basePFN] = slots[src &- basePFN]
+      slots[src &- basePFN] = 0
+    }
+  }
+
+  var registered: Int { owners.withLock { $0.registered } }
 }
 
 /// kcompactd's node state (`pgdat->kcompactd_*`, `proactive_compact_trigger`) and its wait
@@ -142,13 +230,17 @@ final class CompactionState: @unchecked Sendable {
   let proactiveness: Atomic<Int>
   /// vm.extfrag_threshold (0...1000).
   let extfragThreshold: Atomic<Int>
-  /// The movable blocks by head pfn.
-  let owners = LockedState<[Int: MovableEntry]>([:])
+  /// The owners of the movable blocks.
+  let owners: MovableRegistry
   let kcompactd: KcompactdState
   /// kcompactd's timeout, in milliseconds (HPAGE_FRAG_CHECK_INTERVAL_MSEC).
   let kcompactdIntervalMs: Int
 
-  init(zones z: UnsafeMutablePointer<Zone>, count: Int, configuration: CompactionConfiguration) {
+  init(
+    zones z: UnsafeMutablePointer<Zone>, count: Int, configuration: CompactionConfiguration, basePFN: Int,
+    endPFN: Int
+  ) {
+    owners = MovableRegistry(basePFN: basePFN, endPFN: endPFN)
     zoneCount = count
     zones = .allocate(capacity: count)
     for i in 0..<count { (zones + i).initialize(to: ZoneCompaction(start: z[i].start, end: z[i].end)) }
