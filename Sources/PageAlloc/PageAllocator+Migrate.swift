@@ -81,7 +81,9 @@ extension PageAllocator {
       return nil
     }
     let w = r.pointee.flags.load(ordering: .acquiring)
-    guard w & PG.movable != 0, w & (PG.tail | PG.freeMask) == 0 else {
+    // A page reported bad (quarantined, hwpoisoned) stays where it is, as the kernel leaks
+    // such a page rather than move it.
+    guard w & PG.movable != 0, w & (PG.tail | PG.freeMask | PG.quarantined | PG.hwpoison | PG.reserved) == 0 else {
       putRef(pfn, "isolateMovable")
       return nil
     }
