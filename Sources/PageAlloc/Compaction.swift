@@ -20,7 +20,7 @@ public struct CompactionConfiguration: Sendable, Hashable {
   /// at a time (forever when proactiveness is 0), compacts proactively when the node's
   /// score is above the high mark, and compacts for the orders that failing allocations
   /// wake it for. Off (the default): ``PageAllocator/compactProactively()`` and
-  /// ``PageAllocator/runKcompactd()`` do the same work when called.
+  /// ``PageAllocator/runKcompactd(timedOut:)`` do the same work when called.
   public var backgroundThread: Bool
   /// kcompactd's period (HPAGE_FRAG_CHECK_INTERVAL_MSEC, 500 ms).
   public var kcompactdIntervalMilliseconds: Int

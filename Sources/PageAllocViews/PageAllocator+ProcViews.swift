@@ -117,7 +117,7 @@ extension PageAllocator {
   /// pgalloc_movable (pages, counted once per allocation on the pcp and buddy paths) and
   /// pgfree (pages, counted once when freed to a pcp list or the buddy, not again when a
   /// pcp drains), the migration and compaction events (pgmigrate_success ...
-  /// compact_daemon_free_scanned, ``PageAlloc/CompactionStatistics``), and the legacy
+  /// compact_daemon_free_scanned, `PageAllocator.compactionStatistics()`), and the legacy
   /// `nr_unstable 0` the kernel always prints last.
   public func vmstat() -> String {
     let stats = zoneStatistics()
