@@ -226,14 +226,9 @@ extension PageAllocator {
         p += 1
       }
     }
-    if poisoning {
-      var p = start
-      while p < end {
-        checkPoison(p, 0)
-        p += 1
-      }
-    }
-    if gfp.contains(.zero) {
+    if debugging {
+      debugAllocRangeHook(start, count, recordOrder: compoundOrder, gfp)
+    } else if gfp.contains(.zero) {
       var p = start
       while p < end {
         if let a = arena.address(of: p) {
