@@ -11,8 +11,8 @@ import PageAllocTestSupport
   @Test(arguments: [false, true])
   func theWorkloadRunsCleanWithEveryDebugOption(badFrees: Bool) throws {
     var c = StressConfiguration(
-      threads: 2, operations: 20_000, seed: 5, badFreeRate: badFrees ? 0.01 : 0, faultPercent: 2,
-      verifyEvery: 10_000, extensions: [VMallocStressExtension(weight: 5)])
+      threads: 2, operations: 12_000, seed: 5, badFreeRate: badFrees ? 0.01 : 0, faultPercent: 2,
+      verifyEvery: 6_000, extensions: [VMallocStressExtension(weight: 5)])
     c.pageOwner = true
     var config = c.allocatorConfiguration
     #expect(config.pageOwner && config.backing == .memfd)

@@ -1,6 +1,7 @@
 import Glibc
 import PageAlloc
 import PageAllocTestSupport
+import PageAllocVMalloc
 import Testing
 
 /// The permissions (`rw-s`, `---s`...) of the mapping holding `address`, from
@@ -130,5 +131,37 @@ func freeForUseAfterFreeTest(_ a: PageAllocator, _ pfn: PFN) {
     let freeStack = try #require(stderr.components(separatedBy: "stack trace:\n").last)
     #expect(freeStack.contains("freeForUseAfterFreeTest"))
     #expect(stderr.components(separatedBy: "test: writing").count == 2)
+  }
+
+  /// vfree unmaps the area before its pages go back; the pages are then protected at
+  /// their arena address too. A write through the stale vmalloc address faults, and the
+  /// report names the page that was mapped there.
+  @Test func aWriteAfterVfreeFaultsAtTheVmallocAddress() async throws {
+    let a = try debugAllocator(pages: 1 << 13)
+    let v = try VMalloc(allocator: a)
+    let p = try #require(v.vmalloc(3 * 4096))
+    let pages = try #require(v.pages(of: p))
+    p.storeBytes(of: 1, as: UInt64.self)
+    v.vfree(p)
+    for q in pages {
+      #expect(mappingPermissions(try #require(a.address(of: q)))?.hasPrefix("---") == true)
+    }
+    #expect(mappingPermissions(p)?.hasPrefix("---") == true)
+    let result = await #expect(processExitsWith: .signal(SIGSEGV), observing: [\.standardErrorContent]) {
+      let a = try debugAllocator(pages: 1 << 13)
+      let v = try VMalloc(allocator: a)
+      let p = v.vmalloc(2 * 4096)!
+      let second = v.pages(of: p)![1]
+      v.vfree(p)
+      let note = "test: vfreed page 0x\(String(second.value, radix: 16))\n"
+      _ = note.withCString { write(2, $0, strlen($0)) }
+      (p + 4096 + 8).storeBytes(of: 2, as: UInt8.self)  // use after vfree
+    }
+    let stderr = String(decoding: try #require(result).standardErrorContent, as: UTF8.self)
+    let line = try #require(stderr.split(separator: "\n").first { $0.hasPrefix("test: vfreed page ") })
+    let pfnText = line.dropFirst("test: vfreed page ".count)
+    #expect(stderr.contains("pagealloc: use after vfree: vmalloc address 0x"))
+    #expect(stderr.contains(" last mapped pfn \(pfnText)\n"))
+    #expect(stderr.contains("page_owner tracks the page as freed"))
   }
 }
