@@ -286,7 +286,8 @@ public final class PageAllocator: @unchecked Sendable {
 
   /// Gives the memory of every page now free in the buddy back to the OS (`MADV_REMOVE` /
   /// hole punching): free pages then read back as zeroes and cost no RAM. Returns the pages
-  /// discarded. The pcp lists are drained first.
+  /// discarded. The pcp lists are drained first. With poisoning, the discarded pages are
+  /// no longer checked on allocation (they hold zeroes, not poison).
   @discardableResult
   public func releaseFreeMemory() -> Int {
     guard arena.base != nil else { return 0 }
@@ -301,6 +302,8 @@ public final class PageAllocator: @unchecked Sendable {
           let r = memMap.presentRecord(Int(p))
           let order = PG.order(r.pointee.flags.load(ordering: .relaxed))
           arena.discard(Int(p), count: 1 << order)
+          // Discarded pages read back as zeroes: they hold no poison to check any more.
+          if let marks = debug.poisoned { (marks + (Int(p) - debug.basePFN)).update(repeating: 0, count: 1 << order) }
           total += 1 << order
           p = r.pointee.next
         }

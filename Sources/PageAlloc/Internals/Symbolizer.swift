@@ -1,6 +1,6 @@
+internal import _PageAllocUtilities
 import CPageAllocShim
 import Glibc
-import Synchronization
 
 /// Turns return addresses into `%pS`-style text (`symbol+0xOFFSET/0xSIZE`), the way the
 /// kernel prints a stack-depot entry.
@@ -12,14 +12,15 @@ import Synchronization
 /// the one whose extent covers the address; Swift names go through the runtime's
 /// `swift_demangle`. Images are found with `dl_iterate_phdr` (the main program through
 /// `/proc/self/exe`). Each image is read once per process; lookups are cached.
-final class Symbolizer: Sendable {
+final class Symbolizer: @unchecked Sendable {
   static let shared = Symbolizer()
 
-  private struct State: ~Copyable {
+  private struct State {
     var images: [String: ImageSymbols?] = [:]
     var cache: [UInt: String] = [:]
   }
-  private let state = Mutex(State())
+  /// A pthread mutex (LockedState): ThreadSanitizer sees it.
+  private let state = LockedState(State())
 
   /// The `%pS` text of `address`: `symbol+0xOFF/0xSIZE`, plus ` [image]` outside the main
   /// program; the raw `0x...` address when no function symbol covers it.
