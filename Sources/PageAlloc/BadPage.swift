@@ -58,7 +58,9 @@ public struct BadPageReport: Sendable, Hashable, CustomStringConvertible {
     var lines: [String]
     var because = reason
     if let c = corruption {
-      lines = [reason] + c.hexDump + ["page: pfn:0x\(String(pfn.value, radix: 16)) (\(operation))"]
+      lines = [reason] + c.hexDump
+      if let t = c.callTrace { lines += ["Call Trace:"] + t.frames.map { " " + $0 } }
+      lines.append("page: pfn:0x\(String(pfn.value, radix: 16)) (\(operation))")
       because = "pagealloc: corrupted page details"
     } else {
       lines = [description]

@@ -131,8 +131,11 @@ extension PageAllocator {
     let singleBit = first == last && diff.nonzeroBitCount == 1
     let reason = singleBit ? "pagealloc: single bit error" : "pagealloc: memory corruption"
     let dump = PoisonCorruption.hexDump(UnsafeRawPointer(page), from: first, through: last)
+    // dump_stack(): the allocation path that found it (this function and the check left out).
+    let trace = cpa_depot_capture(2)
     let corruption = PoisonCorruption(
-      firstOffset: first, lastOffset: last, singleBitError: singleBit, hexDump: dump)
+      firstOffset: first, lastOffset: last, singleBitError: singleBit, hexDump: dump,
+      callTrace: trace > CPA_DEPOT_FAILURE ? PageOwnerStack(handle: trace) : nil)
     reportBad(pfn, .poisonCorrupted, reason, "alloc", quarantine: false, corruption: corruption)
   }
 }

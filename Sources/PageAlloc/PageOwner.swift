@@ -246,6 +246,8 @@ public struct PoisonCorruption: Sendable, Hashable {
   /// `print_hex_dump()` of the changed bytes, 16 per row with their address and ASCII (at
   /// most 32 rows kept).
   public var hexDump: [String]
+  /// `dump_stack()`: the allocation that found the corruption.
+  public var callTrace: PageOwnerStack?
 
   static let maxRows = 32
 
