@@ -70,7 +70,7 @@ extension PageAllocator {
     var r = table + (pfn &- debug.basePFN)
     let end = r + (1 &<< order)
     while r < end {
-      r.pointee.alloc_word &= ~0xff
+      r.pointee.alloc_word = r.pointee.alloc_word & ~0xff
       r += 1
     }
   }
