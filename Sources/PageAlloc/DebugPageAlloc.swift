@@ -47,25 +47,25 @@ struct DebugSettings {
     let backed = c.backing != .none
     let poisoning = c.poisonPages && backed
     self.basePFN = basePFN
-    spanPages = endPFN - basePFN
+    let span = endPFN - basePFN
+    spanPages = span
     // The kernel: "CONFIG_PAGE_POISONING is on, will take precedence over init_on_alloc
     // and init_on_free".
     initOnAlloc = c.initOnAlloc && backed && !poisoning
     initOnFree = c.initOnFree && backed && !poisoning
     protect = c.debugPageAlloc && backed
-    let span = endPFN - basePFN
     let table =
       c.pageOwner
       ? DebugSettings.reserve(span * MemoryLayout<cpa_owner_record>.stride)?.bindMemory(
         to: cpa_owner_record.self, capacity: span) : nil
     owner = table
     poisoned =
-      poisoning ? DebugSettings.reserve(spanPages)?.bindMemory(to: UInt8.self, capacity: spanPages) : nil
+      poisoning ? DebugSettings.reserve(span)?.bindMemory(to: UInt8.self, capacity: span) : nil
     arenaBase = arena.base
     let bytes = span * PageGeometry.pageSize
     arenaBytes = bytes
     var region: Int32 = -1
-    if c.debugPageAlloc, let base = arena.base {
+    if protect, let base = arena.base {
       // Everything is free at start: one protection change for the whole arena.
       mprotect(base, bytes, PROT_NONE)
       DebugSettings.registerGFPNames()
@@ -80,7 +80,7 @@ struct DebugSettings {
     faultRegion = region
   }
 
-  /// Whether any hook beyond poisoning has work to do.
+  /// Whether any debug hook has work to do (poisoning counts once its marks exist).
   var any: Bool { owner != nil || protect || initOnAlloc || initOnFree || poisoned != nil }
 
   func deallocate() {
