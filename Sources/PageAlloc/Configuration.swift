@@ -74,11 +74,34 @@ extension PageAllocator {
     public var printReports: Bool
     /// `vm.percpu_pagelist_high_fraction` (0: auto-tuned high, the default).
     public var percpuPagelistHighFraction: Int
+    /// The page-state checks of CONFIG_DEBUG_VM (the kernel's `check_pages=1`; off by
+    /// default, as in a production kernel): every page of a block is checked when it is
+    /// freed (`free_page_is_bad()`) and when it is allocated (`check_new_pages()`).
+    ///
+    /// What each setting checks:
+    /// - Always: the head page of every freed block (free already, a tail, quarantined,
+    ///   another order, PAGE_FLAGS_CHECK_AT_FREE flags, its reference count), every page
+    ///   of an order-0 free, and every tail of a compound page (whose tails the free
+    ///   visits anyway, as `free_tail_page_prepare()` does). A free of a block part of
+    ///   which was freed already or quarantined (through a tail pfn) is caught without
+    ///   this option too: such a call marks the block, and the block's free then looks at
+    ///   every tail. So no bad free reaches a free list in either setting.
+    /// - Only with `checkPages`: the tails of a non-compound block. Without it a free of
+    ///   such a block touches the head's record only, as the kernel does without
+    ///   CONFIG_DEBUG_VM, and flags a caller set on a tail
+    ///   (``PageAllocator/setPageFlags(_:_:)``) are cleared without a report, as the
+    ///   kernel's free clears them. With it such a tail is reported and quarantined.
+    /// - Only with `checkPages`: the pages of a block being allocated. Free pages belong to
+    ///   the allocator, so this can only find a record broken by a bug.
+    ///
+    /// Page poisoning (``poisonPages``) turns the checks on too, as in the kernel.
+    public var checkPages: Bool
 
     public init(
       zones: [ZoneConfiguration], cpuCount: Int = 2, backing: Backing = .memfd,
       sectionPages: Int = 1 << 15, holes: [Range<PFN>] = [], trapOnBadPage: Bool = false,
-      poisonPages: Bool = false, printReports: Bool = false, percpuPagelistHighFraction: Int = 0
+      poisonPages: Bool = false, printReports: Bool = false, percpuPagelistHighFraction: Int = 0,
+      checkPages: Bool = false
     ) {
       self.zones = zones
       self.cpuCount = cpuCount
@@ -89,6 +112,7 @@ extension PageAllocator {
       self.poisonPages = poisonPages
       self.printReports = printReports
       self.percpuPagelistHighFraction = percpuPagelistHighFraction
+      self.checkPages = checkPages
     }
 
     /// A single Normal zone of `pages` pages starting at pfn 0.

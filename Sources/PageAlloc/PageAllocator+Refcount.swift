@@ -68,9 +68,14 @@ extension PageAllocator {
   /// page in a bad state (`.locked`, `.reserved`...) or a hardware-poisoned one.
   /// A free page (a free block's head or a page inside one) belongs to the allocator and
   /// is left alone: flags there would corrupt the free lists.
+  ///
+  /// Flags on a tail of a non-compound block are seen when the block is freed: reported
+  /// (and the page quarantined) with ``Configuration/checkPages``, cleared without a
+  /// report otherwise, as the kernel's free clears them when its checks are off. A
+  /// hardware-poisoned page is kept out of use either way.
   public func setPageFlags(_ pfn: PFN, _ flags: PageFlags) {
     guard let r = memMap.record(pfn.value) else { return }
-    if r.pointee.flags.load(ordering: .relaxed) & PG.freeMask != 0 || freeBlockContaining(pfn.value) != nil { return }
+    if r.pointee.flags.load(ordering: .relaxed) & PG.freeMask != 0 || markTailTouched(pfn.value) != nil { return }
     r.pointee.flags.bitwiseOr(flags.intersection(.settable).rawValue, ordering: .relaxed)
   }
 
@@ -113,7 +118,8 @@ extension PageAllocator {
         quarantine: false)
       return
     }
-    r.pointee.flags.store(w & PG.flagMask, ordering: .relaxed)
+    // The head becomes an order-0 page; each tail is judged on its own when it is freed.
+    r.pointee.flags.store(w & PG.flagMask & ~PG.tailsTouched, ordering: .relaxed)
     // A block never crosses a section, so its records are contiguous.
     var t = r + 1
     let end = r + (1 &<< order)
