@@ -76,23 +76,25 @@ extension PageAllocator {
     public var percpuPagelistHighFraction: Int
     /// The page-state checks of CONFIG_DEBUG_VM (the kernel's `check_pages=1`; off by
     /// default, as in a production kernel): every page of a block is checked when it is
-    /// freed (`free_page_is_bad()`) and when it is allocated (`check_new_pages()`).
+    /// freed (`free_page_is_bad()`, and `free_tail_page_prepare()`'s checks for a compound
+    /// page) and when it is allocated (`check_new_pages()`).
     ///
     /// What each setting checks:
     /// - Always: the head page of every freed block (free already, a tail, quarantined,
-    ///   another order, PAGE_FLAGS_CHECK_AT_FREE flags, its reference count), every page
-    ///   of an order-0 free, and every tail of a compound page (whose tails the free
-    ///   visits anyway, as `free_tail_page_prepare()` does). A free of a block part of
-    ///   which was freed already or quarantined (through a tail pfn) is caught without
-    ///   this option too: such a call marks the block, and the block's free then looks at
-    ///   every tail. So no bad free reaches a free list in either setting.
-    /// - Only with `checkPages`: the tails of a non-compound block. Without it a free of
-    ///   such a block touches the head's record only, as the kernel does without
-    ///   CONFIG_DEBUG_VM, and flags a caller set on a tail
-    ///   (``PageAllocator/setPageFlags(_:_:)``) are cleared without a report, as the
-    ///   kernel's free clears them. With it such a tail is reported and quarantined.
-    /// - Only with `checkPages`: the pages of a block being allocated. Free pages belong to
-    ///   the allocator, so this can only find a record broken by a bug.
+    ///   another order, PAGE_FLAGS_CHECK_AT_FREE flags, its reference count) and every
+    ///   order-0 free. A free of a block one of whose tails a call reached on its own
+    ///   (freed or quarantined it through the tail's pfn, or set flags on it) is caught too:
+    ///   such a call marks the block, whose free then reads every tail. So no bad free
+    ///   reaches a free list in either setting.
+    /// - Without `checkPages` a block no call reached through a tail is freed without its
+    ///   tails being read, as the kernel does without CONFIG_DEBUG_VM: a non-compound
+    ///   block's free touches the head's record only, a compound page's writes its tails
+    ///   back to clean. Flags a caller set on a tail (``PageAllocator/setPageFlags(_:_:)``)
+    ///   are cleared without a report, as the kernel's free clears them.
+    /// - With `checkPages` every tail is read and checked on free (such a flag is reported
+    ///   and the page quarantined), and every page of a block being allocated is checked.
+    ///   Free pages belong to the allocator, so the allocation check can only find a
+    ///   record broken by a bug. A hardware-poisoned tail is kept out of use either way.
     ///
     /// Page poisoning (``poisonPages``) turns the checks on too, as in the kernel.
     public var checkPages: Bool

@@ -18,7 +18,7 @@ extension PageAllocator {
   /// tries once more, as the kernel's direct-reclaim path does when reclaim frees nothing.
   ///
   /// - Complexity: O(1) from a per-CPU list; O(MAX_PAGE_ORDER) from the buddy, plus
-  ///   O(2^order) for `.comp`, `.zero` and page poisoning.
+  ///   O(2^order) for `.comp`, `.zero`, page poisoning and ``Configuration/checkPages``.
   @inlinable
   public func allocPages(order: Int, gfp: GFP) -> PFN? {
     guard let p = allocInternal(order, gfp, frozen: false) else { return nil }

@@ -1,3 +1,4 @@
+import Glibc
 import Synchronization
 
 // Freeing one block and the checks before it: `__free_pages()`, `free_frozen_pages()`,
@@ -12,6 +13,11 @@ extension PageAllocator {
   /// compound, the tail halves are freed at once (orders `order-1` down to 0) and the head
   /// is freed later, as an order-0 page, by the last ``putPage(_:)``: the case
   /// lib/test_free_pages.c tests.
+  ///
+  /// - Complexity: O(1) records touched for a non-compound block, whatever its order
+  ///   (the head's only); O(2^order) for a compound page (each tail once), with
+  ///   ``Configuration/checkPages`` or page poisoning, and for a block one of whose tails
+  ///   a call reached on its own (flags set on it, freed or quarantined through its pfn).
   public func freePages(_ pfn: PFN, order: Int) {
     let p = pfn.value
     guard let (r, zi) = resolve(p, "freePages") else { return }
@@ -81,11 +87,12 @@ extension PageAllocator {
   /// `free_pages_prepare()` + `__free_frozen_pages()` for a block whose head refcount is
   /// zero. The head is always checked (`free_page_is_bad()`, hwpoison, free already, a
   /// tail, quarantined). The tails are read only when they can differ from the state the
-  /// allocation left them in: a compound page's (one pass that checks and clears each, as
-  /// `free_tail_page_prepare()`), a block marked ``PG/tailsTouched`` (or, with
-  /// `tailsTouched`, the tail halves of such a block), and every block when
-  /// ``checksPages``. Otherwise the free touches the head's record only: O(1). A clean
-  /// block is freed whole. The kernel leaks a whole block when one page is bad; PageAlloc
+  /// allocation left them in: in a block marked ``PG/tailsTouched`` (or, with
+  /// `tailsTouched`, the tail halves of such a block), and in every block when
+  /// ``checksPages``; then one pass checks and clears each. Otherwise a non-compound
+  /// block's free touches the head's record only, O(1), and a compound page's clears its
+  /// tails without reading them, as `free_tail_page_prepare()` does with the checks off.
+  /// A clean block is freed whole. The kernel leaks a whole block when one page is bad; PageAlloc
   /// quarantines the bad pages only and frees the rest as order-0 runs.
   @discardableResult
   @usableFromInline
@@ -97,13 +104,23 @@ extension PageAllocator {
       w & (PG.checkAtFree | PG.freeMask | PG.tail | PG.hwpoison | PG.quarantined) == 0
       && r.pointee.refcount.load(ordering: .relaxed) == 0
     // Poisoning turns checksPages on, so this path never has pages to fill.
-    if _fastPath(headOK && !checksPages && !touched && w & (PG.head | PG.tailsTouched) == 0) {
+    if _fastPath(headOK && !checksPages && !touched && w & PG.tailsTouched == 0) {
+      if _slowPath(w & PG.head != 0) { clearCompoundTails(r, order) }
       r.pointee.flags.store(0, ordering: .relaxed)
       tracePageFree(pfn, order)
       freePrepared(pfn, order, zi)
       return true
     }
     return freeBlockTails(r, pfn, order, zi, op, w, headOK)
+  }
+
+  /// `free_tail_page_prepare()` with the checks off, for a compound page no call reached
+  /// through a tail: each tail record back to the clean state of a free page, written
+  /// without being read (the tails hold the tail mark and nothing else, refcount 0). One
+  /// `memset` of the records: the links of a page on no list are never read.
+  @usableFromInline @inline(never)
+  func clearCompoundTails(_ r: UnsafeMutablePointer<PageRecord>, _ order: Int) {
+    memset(UnsafeMutableRawPointer(r + 1), 0, ((1 &<< order) &- 1) &* MemoryLayout<PageRecord>.stride)
   }
 
   /// The tail pass of ``freeBlockChecked(_:_:_:_:tailsTouched:)``: each tail is checked and

@@ -1,24 +1,26 @@
 import Synchronization
 
-// What makes a free of a non-compound block O(1) without CONFIG_DEBUG_VM, and the
-// allocation-side check with it (`check_new_pages()`).
+// What makes a free of a block touch no tail record it need not, as the kernel's without
+// CONFIG_DEBUG_VM, and the allocation-side check with it (`check_new_pages()`).
 //
 // The kernel's free of an order > 0 block clears the PAGE_FLAGS_CHECK_AT_PREP bits of every
-// tail even with its checks off (`__free_pages_prepare()`), because a tail may carry flags.
-// Here a tail record of an allocated non-compound block is exactly as the allocation left
-// it (no flags, refcount 0: the tails of a free block are clean, which `verify()` checks)
-// unless a call changed that one page on its own: flags set on it, or a free or a bad-free
-// quarantine through the tail's pfn. Every such call marks the block's head
-// (``PG/tailsTouched``), so a free that finds the mark clear knows every tail is clean
-// without reading one, and a free that finds it set looks at every tail: then the pages
+// tail even with its checks off (`__free_pages_prepare()`), because a tail may carry flags;
+// a compound page's tails are cleared by `free_tail_page_prepare()`, unchecked. Here a tail
+// record of an allocated block is exactly as the allocation left it (no flags, refcount 0;
+// the tail mark for a compound page: the tails of a free block are clean, which `verify()`
+// checks) unless a call changed that one page on its own: flags set on it, or a free or a
+// bad-free quarantine through the tail's pfn. Every such call marks the block's head
+// (``PG/tailsTouched``), so a free that finds the mark clear knows every tail without
+// reading one (a non-compound block's free touches the head only; a compound page's writes
+// its tails back to clean), and a free that finds it set reads every tail: then the pages
 // freed or quarantined behind the owner's back are found, and never freed a second time,
 // in either setting of ``Configuration/checkPages``.
 
 extension PageAllocator {
   /// The innermost block around `pfn`: a free block (buddy or pcp) holding it, or an
-  /// allocated non-compound block of which it is a tail (`free == false`, the head below
-  /// `pfn`). Nil when neither: `pfn` heads its own block, is an order-0 page, or a
-  /// compound page's. The walk over the orders of `freeBlockContaining` (find_large_buddy),
+  /// allocated block, compound or not, of which it is a tail (`free == false`, the head
+  /// below `pfn`). Nil when neither: `pfn` heads its own block or is an order-0 page. The
+  /// walk over the orders of `freeBlockContaining` (find_large_buddy),
   /// doing both look-ups at once; lock-free reads, exact for pages the caller owns.
   @inlinable
   func enclosingBlock(_ pfn: Int) -> (head: Int, order: Int, free: Bool)? {
@@ -31,9 +33,9 @@ extension PageAllocator {
         // Aligned blocks nest: a block of order k >= o at h holds pfn.
         if k >= o {
           if w & PG.freeMask != 0 { return (h, k, true) }
-          // An order in a record that is neither free nor compound: only the head of an
-          // allocated non-compound block carries one.
-          if h != pfn && w & (PG.head | PG.tail | PG.quarantined) == 0 { return (h, k, false) }
+          // An order in a record that is not free: only the head of an allocated block
+          // (compound or not) carries one.
+          if h != pfn && w & (PG.tail | PG.quarantined) == 0 { return (h, k, false) }
         }
       }
       o &+= 1
@@ -41,8 +43,8 @@ extension PageAllocator {
     return nil
   }
 
-  /// Marks the allocated non-compound block that has `pfn` as a tail, if any: a call is
-  /// about to change that tail on its own (PG.tailsTouched). Returns the free block around
+  /// Marks the allocated block that has `pfn` as a tail, if any: a call is about to change
+  /// that tail on its own (PG.tailsTouched). Returns the free block around
   /// `pfn` instead when it lies in one (nothing is marked then).
   @usableFromInline @discardableResult
   func markTailTouched(_ pfn: Int) -> (head: Int, order: Int)? {
