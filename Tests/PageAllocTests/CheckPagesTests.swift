@@ -44,6 +44,38 @@ import _PageAllocUtilities
     }
   }
 
+  /// A compound page's tails, likewise: without the checks its free writes them back to
+  /// clean without reading them (free_tail_page_prepare() with the checks off), so a broken
+  /// tail record goes unseen and is simply overwritten.
+  @Test(arguments: [false, true])
+  func aCompoundFreeReadsTailsOnlyWithTheChecks(_ checks: Bool) throws {
+    let a = try makeAllocator(checkPages: checks)
+    let p = try #require(a.allocPages(order: 9, gfp: [.kernel, .comp]))
+    a.memMap.presentRecord(p.value + 77).pointee.flags.store(PG.tail | PG.writeback, ordering: .relaxed)
+    a.freePages(p, order: 9)
+    #expect(a.badPageCount == (checks ? 1 : 0))
+    #expect(a.isQuarantined(p + 77) == checks)
+    try a.verify()
+    a.drainAllPages()
+    #expect(a.freePageCount + a.quarantinedPageCount == a.managedPageCount)
+  }
+
+  /// Compound tails reached through their own pfns (a range free drops a reference each
+  /// tail does not hold: quarantined) mark the page, whose free then keeps them out.
+  @Test(arguments: [false, true])
+  func compoundTailsQuarantinedThroughTheirPFNsStayOut(_ checks: Bool) throws {
+    let a = try makeAllocator(checkPages: checks)
+    let m = try #require(a.allocPages(order: 9, gfp: [.kernel, .comp]))
+    a.freeContigRange(m + 10, count: 4)
+    #expect(a.badPageCountsByKind[.refcountUnderflow] == 4)
+    a.freePages(m, order: 9)
+    for i in 10..<14 { #expect(a.isQuarantined(m + i)) }
+    #expect(a.quarantinedPageCount == 4)
+    a.drainAllPages()
+    try a.verify()
+    #expect(a.freePageCount + a.quarantinedPageCount == a.managedPageCount)
+  }
+
   /// What the free without the checks still catches: everything about the head, and a
   /// block part of which was freed or quarantined through a tail's pfn (the call marks the
   /// block). A flag a caller set on a tail is cleared without a report, as the kernel's
