@@ -95,7 +95,8 @@ extension PageAllocator {
       // A frozen page has no reference to underflow: a range starting inside a free block
       // is found by its head. (A free block starting inside the range is caught per page.)
       // A range starting at a tail of an allocated block marks that block, whose free
-      // then looks at its tails; one crossing a block's head dissolves the block.
+      // then reads its tails. (One that crosses a non-compound block's head frees the head
+      // as an order-0 page: the block is gone. A compound head it crosses is quarantined.)
       reportInsideFreeBlock(p, blk.head, op)
       p = min(blk.head &+ (1 &<< blk.order), end)
     }

@@ -69,10 +69,10 @@ extension PageAllocator {
   /// A free page (a free block's head or a page inside one) belongs to the allocator and
   /// is left alone: flags there would corrupt the free lists.
   ///
-  /// Flags on a tail of a non-compound block are seen when the block is freed: reported
-  /// (and the page quarantined) with ``Configuration/checkPages``, cleared without a
-  /// report otherwise, as the kernel's free clears them when its checks are off. A
-  /// hardware-poisoned page is kept out of use either way.
+  /// Flags on a tail of a block are seen when the block is freed (the call marks the
+  /// block): reported, and the page quarantined, with ``Configuration/checkPages``;
+  /// cleared without a report otherwise, as the kernel's free clears them when its checks
+  /// are off. A hardware-poisoned page is kept out of use either way.
   public func setPageFlags(_ pfn: PFN, _ flags: PageFlags) {
     guard let r = memMap.record(pfn.value) else { return }
     if r.pointee.flags.load(ordering: .relaxed) & PG.freeMask != 0 || markTailTouched(pfn.value) != nil { return }
@@ -130,6 +130,16 @@ extension PageAllocator {
         // a free block now and keeps refcount 0; its pages are skipped.
         let q = pfn.value &+ (t - r)
         reportBad(q, .doubleFree, "split_page of a block with a free page", "splitPage", quarantine: false)
+        t += min(1 &<< PG.order(tw), end - t)
+        continue
+      }
+      if _slowPath(tw & (PG.head | PG.tail) != 0 || PG.order(tw) != 0) {
+        // A block allocated again inside this one, after pages of it were freed behind the
+        // owner's back: it is its new owner's. Referencing its tails would make them look
+        // like this split's order-0 pages, free to be freed under a block whose free does
+        // not read them.
+        let q = pfn.value &+ (t - r)
+        reportBad(q, .doubleFree, "split_page of a block with a page allocated again", "splitPage", quarantine: false)
         t += min(1 &<< PG.order(tw), end - t)
         continue
       }

@@ -207,6 +207,30 @@ import _PageAllocUtilities
     #expect(a.freePageCount + a.quarantinedPageCount == a.managedPageCount)
   }
 
+  /// fuzz (checks off) 931a6be4: a frozen range freed pages of a block, a block allocated
+  /// again there, and the first block's split gave the new block's tails a reference each:
+  /// freed as the split's pages, they went to the free lists under a block whose free does
+  /// not read its tails. The split now leaves a block allocated inside alone.
+  @Test(arguments: [false, true])
+  func splitLeavesABlockAllocatedInsideAlone(_ checks: Bool) throws {
+    let a = try makeAllocator(checkPages: checks)
+    PageAllocator.setThreadCPU(0)
+    defer { PageAllocator.setThreadCPU(nil) }
+    let p = try #require(a.allocPages(order: 4, gfp: .kernel))
+    a.freeContigFrozenRange(p + 4, count: 4)  // one order-2 chunk, to this CPU's pcp list
+    let q = try #require(a.allocPages(order: 2, gfp: .kernel))
+    #expect(q == p + 4)
+    a.splitPage(p, order: 4)
+    #expect(a.badPageReports.last?.reason == "split_page of a block with a page allocated again")
+    for i in 5..<8 { #expect(a.refcount(of: p + i) == 0) }
+    a.freeContigRange(p, count: 4)
+    a.freeContigRange(p + 8, count: 8)
+    a.freePages(q, order: 2)
+    a.drainAllPages()
+    try a.verify()
+    #expect(a.freePageCount + a.quarantinedPageCount == a.managedPageCount)
+  }
+
   /// check_new_pages(): with the checks, a free page whose record is broken (only a bug
   /// can do this) is reported when its block is allocated, quarantined, the rest of the
   /// block goes back, and the allocation takes another block. Without them the block is
