@@ -123,23 +123,25 @@ extension PageAllocator {
     // A block never crosses a section, so its records are contiguous.
     var t = r + 1
     let end = r + (1 &<< order)
+    // One test per tail for both cases below: a free block's head, or the head (or a
+    // tail) of a block allocated again, carries an order, a list flag or a compound flag.
+    let foreign = PG.freeMask | PG.head | PG.tail | (0xFF &<< PG.orderShift)
     while t < end {
       let tw = t.pointee.flags.load(ordering: .relaxed)
-      if _slowPath(tw & PG.freeMask != 0) {
-        // A tail freed behind the owner's back (a frozen free of a refcount-0 tail): it is
-        // a free block now and keeps refcount 0; its pages are skipped.
+      if _slowPath(tw & foreign != 0) {
         let q = pfn.value &+ (t - r)
-        reportBad(q, .doubleFree, "split_page of a block with a free page", "splitPage", quarantine: false)
-        t += min(1 &<< PG.order(tw), end - t)
-        continue
-      }
-      if _slowPath(tw & (PG.head | PG.tail) != 0 || PG.order(tw) != 0) {
-        // A block allocated again inside this one, after pages of it were freed behind the
-        // owner's back: it is its new owner's. Referencing its tails would make them look
-        // like this split's order-0 pages, free to be freed under a block whose free does
-        // not read them.
-        let q = pfn.value &+ (t - r)
-        reportBad(q, .doubleFree, "split_page of a block with a page allocated again", "splitPage", quarantine: false)
+        if tw & PG.freeMask != 0 {
+          // A tail freed behind the owner's back (a frozen free of a refcount-0 tail): it
+          // is a free block now and keeps refcount 0; its pages are skipped.
+          reportBad(q, .doubleFree, "split_page of a block with a free page", "splitPage", quarantine: false)
+        } else {
+          // A block allocated again inside this one, after pages of it were freed behind
+          // the owner's back: it is its new owner's. Referencing its tails would make them
+          // look like this split's order-0 pages, free to be freed under a block whose
+          // free does not read them.
+          reportBad(
+            q, .doubleFree, "split_page of a block with a page allocated again", "splitPage", quarantine: false)
+        }
         t += min(1 &<< PG.order(tw), end - t)
         continue
       }
