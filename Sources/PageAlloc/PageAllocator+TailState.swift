@@ -20,8 +20,8 @@ extension PageAllocator {
   /// The innermost block around `pfn`: a free block (buddy or pcp) holding it, or an
   /// allocated block, compound or not, of which it is a tail (`free == false`, the head
   /// below `pfn`). Nil when neither: `pfn` heads its own block or is an order-0 page. The
-  /// walk over the orders of `freeBlockContaining` (find_large_buddy),
-  /// doing both look-ups at once; lock-free reads, exact for pages the caller owns.
+  /// walk over the orders of `freeBlockContaining` (find_large_buddy), doing both look-ups
+  /// at once; lock-free reads, exact for pages the caller owns.
   @inlinable
   func enclosingBlock(_ pfn: Int) -> (head: Int, order: Int, free: Bool)? {
     var o = 0
@@ -44,8 +44,8 @@ extension PageAllocator {
   }
 
   /// Marks the allocated block that has `pfn` as a tail, if any: a call is about to change
-  /// that tail on its own (PG.tailsTouched). Returns the free block around
-  /// `pfn` instead when it lies in one (nothing is marked then).
+  /// that tail on its own (PG.tailsTouched). Returns the free block around `pfn` instead
+  /// when it lies in one (nothing is marked then).
   @usableFromInline @discardableResult
   func markTailTouched(_ pfn: Int) -> (head: Int, order: Int)? {
     guard let b = enclosingBlock(pfn) else { return nil }
@@ -92,7 +92,7 @@ extension PageAllocator {
           quarantined.wrappingAdd(1, ordering: .relaxed)
         } else {
           // page_bad_reason() with the PREP mask: the last matching condition names it.
-          let reason = w & PG.flagMask != 0 ? "PAGE_FLAGS_CHECK_AT_PREP flag(s) set" : "nonzero _refcount"
+          let reason = w != 0 ? "PAGE_FLAGS_CHECK_AT_PREP flag(s) set" : "nonzero _refcount"
           reportBad(q, .badState, reason, "alloc", quarantine: true)
         }
       }
