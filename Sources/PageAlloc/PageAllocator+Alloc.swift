@@ -20,7 +20,7 @@ extension PageAllocator {
   /// ``MovablePageOwner``), and takes the block compaction frees (page capture).
   ///
   /// - Complexity: O(1) from a per-CPU list; O(MAX_PAGE_ORDER) from the buddy, plus
-  ///   O(2^order) for `.comp`, `.zero` and page poisoning.
+  ///   O(2^order) for `.comp`, `.zero`, page poisoning and ``Configuration/checkPages``.
   @inlinable
   public func allocPages(order: Int, gfp: GFP) -> PFN? {
     guard let p = allocInternal(order, gfp, frozen: false) else { return nil }
@@ -65,7 +65,7 @@ extension PageAllocator {
     let first = zonelist(for: highest).preferred
     if _fastPath(first >= 0) {
       let z = zones + first
-      if watermarkOK(z, order, z.pointee.wmarkLow, highest), let pfn = rmqueueTop(z, first, order, mt) {
+      if watermarkOK(z, order, z.pointee.wmarkLow, highest), let pfn = rmqueueChecked(z, first, order, mt) {
         prepNewPage(pfn, order, gfp, frozen: frozen)
         tracePageAlloc(pfn, order, mt, gfp)
         return pfn
@@ -85,7 +85,7 @@ extension PageAllocator {
         let z = zones + zi
         let mark = pass == 0 ? z.pointee.wmarkLow : reserveMark(z.pointee.wmarkMin, gfp)
         if watermarkOK(z, order, mark, highest) {
-          if let pfn = rmqueueTop(z, zi, order, mt) {
+          if let pfn = rmqueueChecked(z, zi, order, mt) {
             prepNewPage(pfn, order, gfp, frozen: frozen)
             tracePageAlloc(pfn, order, mt, gfp)
             return pfn
@@ -140,8 +140,10 @@ extension PageAllocator {
     return rmqueueBuddy(z, order, mt)
   }
 
-  /// `prep_new_page()` / `post_alloc_hook()`: refcount, compound state, zeroing, poison
-  /// check. The head's flag word already holds the order.
+  /// `prep_new_page()` / `post_alloc_hook()`: refcount, compound state, zeroing; with a
+  /// debugging option on, the hook's steps (PageAllocator+DebugHooks.swift). The head's
+  /// flag word already holds the order. A non-compound block's tails are not touched (they
+  /// are clean on the free lists): O(1) but for `.comp`, `.zero` and the debugging options.
   @inlinable @inline(__always)
   func prepNewPage(_ pfn: Int, _ order: Int, _ gfp: GFP, frozen: Bool) {
     let r = memMap.presentRecord(pfn)
@@ -155,34 +157,10 @@ extension PageAllocator {
       }
     }
     r.pointee.refcount.store(frozen ? 0 : 1, ordering: .relaxed)
-    if _slowPath(poisoning) { checkPoison(pfn, order) }
-    if _slowPath(gfp.contains(.zero)), let a = arena.address(of: pfn) {
+    if _slowPath(debugging) {
+      debugAllocHook(pfn, order, gfp)
+    } else if _slowPath(gfp.contains(.zero)), let a = arena.address(of: pfn) {
       memset(a, 0, PageGeometry.pageSize &<< order)
     }
-  }
-
-  /// The poison byte of CONFIG_PAGE_POISONING (PAGE_POISON).
-  static let poisonByte: UInt8 = 0xaa
-
-  @usableFromInline @inline(never)
-  func checkPoison(_ pfn: Int, _ order: Int) {
-    for i in 0..<(1 << order) {
-      guard let a = arena.address(of: pfn + i) else { return }
-      let words = a.assumingMemoryBound(to: UInt64.self)
-      var ok = true
-      for w in 0..<(PageGeometry.pageSize / 8) where words[w] != 0xaaaa_aaaa_aaaa_aaaa {
-        ok = false
-        break
-      }
-      if !ok {
-        reportBad(pfn + i, .poisonCorrupted, "pagealloc: memory corruption", "alloc", quarantine: false)
-      }
-    }
-  }
-
-  @usableFromInline @inline(never)
-  func fillPoison(_ pfn: Int, _ count: Int) {
-    guard let a = arena.address(of: pfn) else { return }
-    memset(a, Int32(PageAllocator.poisonByte), count * PageGeometry.pageSize)
   }
 }

@@ -312,11 +312,11 @@ extension PageAllocator {
 
   // MARK: - Fragmentation indexes
 
-  /// `__fragmentation_index()` from nr_free per order 0...MAX_PAGE_ORDER, scaled by 1000:
-  /// near 0 a failure of `order` would come from lack of memory, near 1000 from
-  /// fragmentation; -1000 when a block of the order is free (the index does not apply); 0
-  /// with nothing free.
-  public static func fragmentationIndex(freeBlocks: [Int], order: Int) -> Int {
+  /// `__fragmentation_index()` (the number debugfs `extfrag/extfrag_index` prints) from
+  /// nr_free per order 0...MAX_PAGE_ORDER, scaled by 1000: near 0 a failure of `order` would
+  /// come from lack of memory, near 1000 from fragmentation; -1000 when a block of the order
+  /// is free (the index does not apply); 0 with nothing free.
+  public static func extfragIndex(freeBlocks: [Int], order: Int) -> Int {
     let (total, pages, suitable) = fragInfo(freeBlocks, order)
     if total == 0 { return 0 }
     if suitable > 0 { return -1000 }
@@ -368,10 +368,10 @@ extension PageAllocator {
   }
 
   /// The fragmentation index of `order` in the zone of `kind` (see
-  /// ``fragmentationIndex(freeBlocks:order:)``), or nil without such a zone.
-  public func fragmentationIndex(order: Int, zone kind: ZoneKind) -> Int? {
+  /// ``extfragIndex(freeBlocks:order:)``), or nil without such a zone.
+  public func extfragIndex(order: Int, zone kind: ZoneKind) -> Int? {
     guard let zi = (0..<zoneCount).first(where: { zones[$0].kind == kind }) else { return nil }
-    return PageAllocator.fragmentationIndex(freeBlocks: zoneFreeCounts(zi), order: order)
+    return PageAllocator.extfragIndex(freeBlocks: zoneFreeCounts(zi), order: order)
   }
 
   /// `fragmentation_score_zone()`: the zone's unweighted score, 0...100.
@@ -379,9 +379,10 @@ extension PageAllocator {
     PageAllocator.extfragPercent(freeBlocks: zoneFreeCounts(zi), order: PageGeometry.pageblockOrder)
   }
 
-  /// `fragmentation_score_node()`: the zones' scores weighted by their present pages,
-  /// 0...100. Proactive compaction runs above the high mark and stops at the low mark.
-  public var fragmentationScore: Int {
+  /// The node's fragmentation score (`fragmentation_score_node()`): each zone's
+  /// ``extfragPercent(freeBlocks:order:)`` at the pageblock order, weighted by its present
+  /// pages, 0...100. Proactive compaction runs above the high mark and stops at the low mark.
+  public var extfragScore: Int {
     var node = 0
     for zi in 0..<zoneCount { node += zones[zi].present }
     var score = 0
@@ -453,7 +454,7 @@ extension PageAllocator {
     var result = CompactionResult.continue
     if suitable {
       if order > PageGeometry.costlyOrder {
-        let fi = PageAllocator.fragmentationIndex(freeBlocks: zoneFreeCounts(zi), order: order)
+        let fi = PageAllocator.extfragIndex(freeBlocks: zoneFreeCounts(zi), order: order)
         if fi >= 0 && fi <= compaction.extfragThreshold.load(ordering: .relaxed) {
           suitable = false
           result = .notSuitableZone
@@ -1048,17 +1049,17 @@ extension PageAllocator {
   }
 
   /// Proactive compaction, one kcompactd check: when the node's fragmentation score
-  /// (``fragmentationScore``) is above the high mark of ``compactionProactiveness`` (90 at
+  /// (``extfragScore``) is above the high mark of ``compactionProactiveness`` (90 at
   /// the default 20), every zone is compacted until its score is at or below the low mark
   /// (80). With proactiveness 0 nothing runs.
   @discardableResult
   public func compactProactively() -> ProactiveCompaction {
-    let before = fragmentationScore
+    let before = extfragScore
     guard shouldProactiveCompactNode(score: before) else {
       return ProactiveCompaction(ran: false, scoreBefore: before, scoreAfter: before)
     }
     _ = compactNode(proactive: true)
-    return ProactiveCompaction(ran: true, scoreBefore: before, scoreAfter: fragmentationScore)
+    return ProactiveCompaction(ran: true, scoreBefore: before, scoreAfter: extfragScore)
   }
 
   /// `should_proactive_compact_node()`.
@@ -1348,10 +1349,10 @@ extension PageAllocator {
     if !timedOut && !trigger {
       kcompactdDoWork()
     } else {
-      let before = fragmentationScore
+      let before = extfragScore
       if shouldProactiveCompactNode(score: before) {
         _ = compactNode(proactive: true)
-        if fragmentationScore >= before { timeout = compaction.kcompactdIntervalMs << compactMaxDeferShift }
+        if extfragScore >= before { timeout = compaction.kcompactdIntervalMs << compactMaxDeferShift }
       }
     }
     if compaction.proactiveness.load(ordering: .relaxed) == 0 { timeout = nil }

@@ -23,19 +23,6 @@ struct IsolatedMovable {
   var owner: any MovablePageOwner
 }
 
-/// Why pages migrate (`enum migrate_reason`): the strings `mm_migrate_pages` prints.
-enum MigrateReason: Int {
-  case compaction = 0
-  case contigRange = 7
-
-  var name: String {
-    switch self {
-    case .compaction: "compaction"
-    case .contigRange: "contig_range"
-    }
-  }
-}
-
 /// Where migration targets come from, and where an unused one goes back:
 /// `get_new_folio` / `put_new_folio` of `migrate_pages()`.
 protocol MigrationTargets {
@@ -157,7 +144,7 @@ extension PageAllocator {
         i += 1
       }
       if mode == .async {
-        let rc = migrateBatch(batch, &targets, .async, passes: PageAllocator.migrateRetries, &stats, &failed)
+        let rc = migrateBatch(batch, &targets, .async, reason, passes: PageAllocator.migrateRetries, &stats, &failed)
         if rc < 0 {
           rcTotal = rc
           break outer
@@ -168,7 +155,8 @@ extension PageAllocator {
         // block it could not move is retried alone in the real mode.
         var asyncStats = MigrateStats()
         var retry: [IsolatedMovable] = []
-        let rc = migrateBatch(batch, &targets, .async, passes: PageAllocator.migrateAsyncRetries, &asyncStats, &retry)
+        let rc = migrateBatch(
+          batch, &targets, .async, reason, passes: PageAllocator.migrateAsyncRetries, &asyncStats, &retry)
         stats.succeeded += asyncStats.succeeded
         stats.thpSucceeded += asyncStats.thpSucceeded
         if rc < 0 {
@@ -180,7 +168,8 @@ extension PageAllocator {
         }
         var k = 0
         while k < retry.count {
-          let rc1 = migrateBatch([retry[k]], &targets, mode, passes: PageAllocator.migrateSyncRetries, &stats, &failed)
+          let rc1 = migrateBatch(
+            [retry[k]], &targets, mode, reason, passes: PageAllocator.migrateSyncRetries, &stats, &failed)
           k += 1
           if rc1 < 0 {
             failed += retry[k...]
@@ -211,7 +200,8 @@ extension PageAllocator {
   /// blocks that answer ``MigrationResult/again``. Failed blocks are appended to `failed`.
   /// Returns the number of failed blocks, or ``migrateNoMemory``.
   func migrateBatch<T: MigrationTargets>(
-    _ batch: [IsolatedMovable], _ targets: inout T, _ mode: MigrationMode, passes: Int, _ stats: inout MigrateStats,
+    _ batch: [IsolatedMovable], _ targets: inout T, _ mode: MigrationMode, _ reason: MigrateReason, passes: Int,
+    _ stats: inout MigrateStats,
     _ failed: inout [IsolatedMovable]
   ) -> Int {
     var pairs: [(src: IsolatedMovable, dst: Int)] = []
@@ -240,7 +230,7 @@ extension PageAllocator {
     while pass < passes && !pending.isEmpty {
       var again: [(src: IsolatedMovable, dst: Int)] = []
       for (src, dst) in pending {
-        switch moveOne(src, dst, mode, &targets) {
+        switch moveOne(src, dst, mode, reason, &targets) {
         case .success:
           stats.succeeded += 1 << src.order
           if src.order >= PageGeometry.pageblockOrder { stats.thpSucceeded += 1 }
@@ -275,7 +265,7 @@ extension PageAllocator {
   /// dropped its reference while it was isolated is done already: it is freed, and the
   /// target goes back unused.
   func moveOne<T: MigrationTargets>(
-    _ src: IsolatedMovable, _ dst: Int, _ mode: MigrationMode, _ targets: inout T
+    _ src: IsolatedMovable, _ dst: Int, _ mode: MigrationMode, _ reason: MigrateReason, _ targets: inout T
   ) -> MigrationResult {
     let r = memMap.presentRecord(src.pfn)
     if r.pointee.refcount.load(ordering: .acquiring) == 1 {
@@ -289,14 +279,16 @@ extension PageAllocator {
       memcpy(to, from, PageGeometry.pageSize << src.order)
     }
     let rc = src.owner.migratePage(from: PFN(src.pfn), to: PFN(dst), order: src.order, mode: mode)
-    if rc == .success { finishMigration(src, dst) }
+    if rc == .success { finishMigration(src, dst, reason) }
     return rc
   }
 
   /// The owner moved to `dst`: the registration follows it, the target's reference becomes
   /// the owner's, and the source loses the owner's and the isolation's references.
-  func finishMigration(_ src: IsolatedMovable, _ dst: Int) {
+  func finishMigration(_ src: IsolatedMovable, _ dst: Int, _ reason: MigrateReason) {
     compaction.owners.move(src.pfn, to: dst)
+    // page_owner: the new block takes over the old one's record, with the reason.
+    ownerMigrate(from: src.pfn, to: dst, order: src.order, reason: reason)
     memMap.presentRecord(dst).pointee.flags.bitwiseOr(PG.movable, ordering: .releasing)
     let r = memMap.presentRecord(src.pfn)
     r.pointee.flags.bitwiseAnd(~PG.movableMask, ordering: .releasing)
@@ -320,7 +312,10 @@ extension PageAllocator {
       r.pointee.flags.store(PG.word(flags: 0, order: order), ordering: .relaxed)
     }
     r.pointee.refcount.store(1, ordering: .releasing)
-    if poisoning { checkPoison(pfn, order) }
+    // post_alloc_hook()'s debug steps: a protected free page becomes accessible (the copy
+    // writes it), its poison is checked, page_owner records the allocation (which the
+    // migration then replaces with the source's record).
+    if _slowPath(debugging) { debugAllocHook(pfn, order, .movable) }
   }
 
   /// Undoes ``prepareTarget(_:order:compound:)`` for an unused target: flags and refcount
@@ -336,7 +331,8 @@ extension PageAllocator {
       memMap.presentRecord(p).pointee.flags.store(0, ordering: .relaxed)
       p += 1
     }
-    if poisoning { fillPoison(pfn, 1 << order) }
+    // free_pages_prepare()'s debug steps, as `compaction_free()` runs them.
+    if _slowPath(debugging) { debugFreeHook(pfn, 1 << order) }
     return true
   }
 

@@ -16,7 +16,7 @@ extension TraceEvent {
     func zone(_ i: Int) -> String { padRight(ZoneKind(rawValue: at(i))?.description ?? "?", 8) }
     func status(_ i: Int) -> String { CompactionResult(rawValue: at(i))?.description ?? "?" }
     func mode(_ i: Int) -> String { MigrationMode(rawValue: at(i))?.description ?? "?" }
-    func reason(_ i: Int) -> String { MigrateReason(rawValue: at(i))?.name ?? "?" }
+    func reason(_ i: Int) -> String { MigrateReason(rawValue: at(i))?.description ?? "?" }
     switch kind {
     case .pageAlloc, .pageFree, .pageFreeBatched, .pageAllocZoneLocked, .pagePcpuDrain:
       return nil

@@ -41,7 +41,7 @@ public struct TraceEvent: Sendable, Hashable {
     case compactionWakeupKcompactd = "mm_compaction_wakeup_kcompactd"
     /// `[nid, order, highest zone kind]`
     case compactionKcompactdWake = "mm_compaction_kcompactd_wake"
-    /// `[mode, reason]` (``MigrationMode`` raw value; reason 0 compaction, 7 contig_range)
+    /// `[mode, reason]` (``MigrationMode`` and ``MigrateReason`` raw values)
     case migratePagesStart = "mm_migrate_pages_start"
     /// `[nr_succeeded, nr_failed, nr_thp_succeeded, nr_thp_failed, nr_thp_split, nr_split,
     /// mode, reason]`

@@ -97,9 +97,11 @@ public enum BenchRegistry {
     .floor,
     .frozenRange,
     .order0,
+    .thp,
     .bulk,
     .cma,
     .traceOverhead,
+    .debug,
     .vmalloc,
     .compaction,
   ]

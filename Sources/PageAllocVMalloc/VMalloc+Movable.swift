@@ -151,6 +151,8 @@ extension VMalloc {
       var hi = index &+ 1
       while hi < pages.count && pages[hi].value == pages[hi &- 1].value &+ 1 { hi &+= 1 }
       let at = windowBase + (start &+ lo) &* PageGeometry.pageSize
+      // debug_pagealloc's fault handler names the page last mapped at a window page.
+      lastMapped?[start &+ index] = UInt32(truncatingIfNeeded: destination.value &+ 1)
       guard
         AddressWindow.mapRun(
           at, count: hi &- lo, fd: fd, fileOffset: allocator.memfdOffset(of: pages[lo]),

@@ -1,5 +1,6 @@
 import PageAlloc
 import _PageAllocUtilities
+import CPageAllocShim
 import Glibc
 import Synchronization
 
@@ -126,6 +127,11 @@ public final class VMalloc: @unchecked Sendable {
   let badCalls = Atomic<Int>(0)
   /// What movable areas register their pages with (VMalloc+Movable.swift).
   let movableOwner = VMallocMovableOwner()
+  /// With debug_pagealloc: one plus the pfn last mapped at each window page, so the fault
+  /// handler can name the page behind a stale vmalloc address (nil otherwise).
+  let lastMapped: UnsafeMutablePointer<UInt32>?
+  /// The window's region in the fault handler (-1: none).
+  let faultRegion: Int32
 
   /// Creates a vmalloc over `allocator`, which must be backed by a memfd.
   public init(allocator: PageAllocator, configuration: Configuration = Configuration()) throws(VMallocError) {
@@ -142,6 +148,23 @@ public final class VMalloc: @unchecked Sendable {
     windowPages = w.pageCount
     mapLimit = configuration.mapLimit ?? Int.max
     state = LockedState(State(window: w))
+    // debug_pagealloc protects the arena's mapping of a free page; this window is a second
+    // mapping, which vfree unmaps before the pages go back. A fault here is reported with
+    // the page last mapped at that address.
+    if allocator.debugFaultRegion >= 0,
+      let m = mmap(
+        nil, w.pageCount * 4, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+      m != MAP_FAILED
+    {
+      let map = m.bindMemory(to: UInt32.self, capacity: w.pageCount)
+      lastMapped = map
+      let start = UInt(bitPattern: w.base)
+      faultRegion = cpa_fault_register_alias(
+        start, start + UInt(w.pageCount * PageGeometry.pageSize), map, allocator.debugFaultRegion)
+    } else {
+      lastMapped = nil
+      faultRegion = -1
+    }
     movableOwner.vmalloc = self
   }
 
@@ -150,7 +173,9 @@ public final class VMalloc: @unchecked Sendable {
     // the caller made, as in the kernel).
     let charged = state.withLock { $0.charged }
     MapCountBudget.uncharge(charged)
+    if faultRegion >= 0 { cpa_fault_unregister(faultRegion) }
     state.withLock { $0.window.release() }
+    if let lastMapped { munmap(lastMapped, windowPages * 4) }
   }
 
   // MARK: - Public views
@@ -248,6 +273,9 @@ public final class VMalloc: @unchecked Sendable {
   func mapPages(_ pages: [PFN], at start: Int) -> Bool {
     let base = windowBase + start &* PageGeometry.pageSize
     let populate = configuration.prefault
+    if let lastMapped {
+      for (i, p) in pages.enumerated() { lastMapped[start &+ i] = UInt32(truncatingIfNeeded: p.value &+ 1) }
+    }
     var ok = true
     pages.withUnsafeBufferPointer { buf in
       let n = buf.count

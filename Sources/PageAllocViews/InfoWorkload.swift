@@ -109,16 +109,16 @@ public enum InfoCompaction: String, CaseIterable, Sendable {
   /// Runs it; returns a one-line summary.
   @discardableResult
   public func run(on a: PageAllocator) -> String {
-    let before = a.fragmentationScore
+    let before = a.extfragScore
     switch self {
     case .none: return "no compaction"
     case .zone:
       let r = a.compactZone(order: PageGeometry.pageblockOrder)
-      return "compactZone(order: 9): \(r), fragmentation score \(before) -> \(a.fragmentationScore)"
+      return "compactZone(order: 9): \(r), fragmentation score \(before) -> \(a.extfragScore)"
     case .all:
       let r = a.compactAll()
       return
-        "compactAll(): \(r.map(\.description).joined(separator: ", ")), fragmentation score \(before) -> \(a.fragmentationScore)"
+        "compactAll(): \(r.map(\.description).joined(separator: ", ")), fragmentation score \(before) -> \(a.extfragScore)"
     case .proactive:
       let r = a.compactProactively()
       return

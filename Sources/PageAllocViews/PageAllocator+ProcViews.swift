@@ -158,7 +158,7 @@ extension PageAllocator {
     for s in zoneStatistics() where s.present > 0 {
       out += "Node 0, zone " + pad(s.kind.description, 8) + " "
       for o in 0...PageGeometry.maxOrder {
-        let i = PageAllocator.fragmentationIndex(freeBlocks: s.freeBlocks, order: o)
+        let i = PageAllocator.extfragIndex(freeBlocks: s.freeBlocks, order: o)
         out += pad(String(i / 1000), 2) + "." + zeroPad3(abs(i % 1000)) + " "
       }
       out += "\n"

@@ -77,4 +77,7 @@ static inline __attribute__((always_inline)) void cpa_set_capture(void *c) { cpa
 static inline __attribute__((always_inline)) int cpa_get_in_compaction(void) { return cpa_in_compaction; }
 static inline __attribute__((always_inline)) void cpa_set_in_compaction(int v) { cpa_in_compaction = v; }
 
+// The memory-debugging half: stack depot, tasks, page_owner records, the fault handler.
+#include "CPageAllocShimDebug.h"
+
 #endif
