@@ -63,7 +63,9 @@ extension PageAllocator {
     let first = zonelist(for: highest).preferred
     if _fastPath(first >= 0) {
       let z = zones + first
-      if watermarkOK(z, order, z.pointee.wmarkLow, highest), let pfn = rmqueueTop(z, first, order, mt) {
+      if zoneAllocOK(z, order, z.pointee.wmarkLow, z.pointee.wmarkHigh, highest),
+        let pfn = rmqueueTop(z, first, order, mt)
+      {
         prepNewPage(pfn, order, gfp, frozen: frozen)
         tracePageAlloc(pfn, order, mt, gfp)
         return pfn
@@ -82,7 +84,8 @@ extension PageAllocator {
       for zi in zonelist(for: highest, from: pass == 0 ? 1 : 0) {
         let z = zones + zi
         let mark = pass == 0 ? z.pointee.wmarkLow : reserveMark(z.pointee.wmarkMin, gfp)
-        if watermarkOK(z, order, mark, highest) {
+        let highMark = pass == 0 ? z.pointee.wmarkHigh : reserveMark(z.pointee.wmarkHigh, gfp)
+        if zoneAllocOK(z, order, mark, highMark, highest) {
           if let pfn = rmqueueTop(z, zi, order, mt) {
             prepNewPage(pfn, order, gfp, frozen: frozen)
             tracePageAlloc(pfn, order, mt, gfp)
@@ -119,11 +122,35 @@ extension PageAllocator {
     return m
   }
 
-  /// `zone_watermark_fast()`: free pages less the request must stay above the mark plus the
-  /// lowmem reserve. (The kernel's extra check that a block of the order is free is left to
-  /// the free lists themselves: rmqueue fails and the next zone is tried.)
+  /// `get_page_from_freelist()`'s watermark checks of one zone. Unless the zone is flagged
+  /// ZONE_BELOW_HIGH, the high watermark (`highMark`, less the same reserves) is checked
+  /// first: passing it is enough, failing it sets the flag, which tells the pcp free path
+  /// to keep less (``nrPcpHigh(_:_:_:_:)``) until a drain finds the zone above high again.
+  /// Then the allocation's own mark (low on the first pass, min less reserves after).
   @inlinable @inline(__always)
-  func watermarkOK(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ mark: Int, _ highest: Int) -> Bool {
+  func zoneAllocOK(
+    _ z: UnsafeMutablePointer<Zone>, _ order: Int, _ mark: Int, _ highMark: Int, _ highest: Int
+  ) -> Bool {
+    if _fastPath(!z.pointee.belowHigh.load(ordering: .relaxed)) {
+      if zoneWatermarkOK(z, order, highMark, highest) { return true }
+      z.pointee.belowHigh.store(true, ordering: .relaxed)
+    }
+    return zoneWatermarkOK(z, order, mark, highest)
+  }
+
+  /// `zone_watermark_fast()` / `__zone_watermark_ok()`: the free pages less the request's
+  /// `2^order - 1` must stay above the mark plus the zone's lowmem reserve for a request
+  /// whose highest zone is `highest`. (The kernel's extra check that a block of the order
+  /// is free is left to the free lists themselves: rmqueue fails and the next zone is
+  /// tried.)
+  @inlinable @inline(__always)
+  func zoneWatermarkOK(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ mark: Int, _ highest: Int) -> Bool {
+    zoneFreePagesOK(z, order, mark, highest)
+  }
+
+  /// The page-count half of ``zoneWatermarkOK(_:_:_:_:)``.
+  @inlinable @inline(__always)
+  func zoneFreePagesOK(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ mark: Int, _ highest: Int) -> Bool {
     let free = z.pointee.nrFreePages.load(ordering: .relaxed) &- (1 &<< order) &+ 1
     return free > mark &+ z.pointee.lowmemReserve[highest]
   }

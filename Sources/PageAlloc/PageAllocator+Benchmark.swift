@@ -20,7 +20,8 @@ extension PageAllocator {
       for zi in zonelist(for: highest) {
         let z = zones + zi
         let mark = pass == 0 ? z.pointee.wmarkLow : reserveMark(z.pointee.wmarkMin, gfp)
-        if watermarkOK(z, order, mark, highest), let pfn = rmqueueBuddy(z, order, mt) {
+        let highMark = pass == 0 ? z.pointee.wmarkHigh : reserveMark(z.pointee.wmarkHigh, gfp)
+        if zoneAllocOK(z, order, mark, highMark, highest), let pfn = rmqueueBuddy(z, order, mt) {
           prepNewPage(pfn, order, gfp, frozen: false)
           tracePageAlloc(pfn, order, mt, gfp)
           return PFN(pfn)

@@ -34,7 +34,7 @@ extension PageAllocator {
       reserve.initialize(repeating: 0, count: ZoneKind.count)
       (zones + i).initialize(
         to: Zone(
-          lock: SpinLock(word: Atomic(0)), nrFreePages: Atomic(0), index: i, kind: zc.kind,
+          lock: SpinLock(word: Atomic(0)), nrFreePages: Atomic(0), belowHigh: Atomic(false), index: i, kind: zc.kind,
           start: zc.pfns.lowerBound.value, end: zc.pfns.upperBound.value, lists: lists,
           lowmemReserve: reserve, spanned: zc.pfns.count, present: 0, managed: 0, wmarkMin: 0,
           wmarkLow: 0, wmarkHigh: 0, wmarkPromo: 0, batch: 1, highMin: 0, highMax: 0, pgfree: 0,
@@ -141,8 +141,9 @@ extension PageAllocator {
   /// batch = rounddown_pow_of_two(b + b/2) - 1 with b = min(managed >> 12, 64): 63 for any
   /// zone of 1 GiB or more. high_min = low watermark / CPUs and high_max = managed / 8 /
   /// CPUs (both at least 4 * batch), or managed / fraction / CPUs for both when
-  /// `percpuPagelistHighFraction` is set. `high` starts at high_min and is tuned between
-  /// the two (see ``PerCPUPages``).
+  /// `percpuPagelistHighFraction` is set. `high` starts at 0, as the kernel's zeroed
+  /// pcp does; the first free or refill clamps it into [high_min, high_max], and from then
+  /// on it is tuned between the two (see ``nrPcpHigh(_:_:_:_:)`` and ``nrPcpAlloc(_:_:_:)``).
   func setupPageSets() {
     for i in 0..<zoneCount {
       let z = zones + i
@@ -174,10 +175,9 @@ extension PageAllocator {
         let raw = pcpBase + (cpu * zoneCount + i) * PageAllocator.pcpStride
         raw.bindMemory(to: PerCPUPages.self, capacity: 1).initialize(
           to: PerCPUPages(
-            lock: SpinLock(word: Atomic(0)), lists: lists, count: 0, high: highMin,
-            highMin: highMin, highMax: highMax, batch: batch, freeCount: 0, allocFactor: 0,
-            prevFreeHighOrder: false, drainCursor: 0, pgalloc: 0, pgfree: 0, refills: 0,
-            drains: 0))
+            lock: SpinLock(word: Atomic(0)), lists: lists, count: 0, high: 0, highMin: highMin,
+            highMax: highMax, batch: batch, freeCount: 0, allocFactor: 0, prevFreeHighOrder: false,
+            freeHighBatch: configuration.pcpFreeHighBatch, pgalloc: 0, pgfree: 0, refills: 0, drains: 0))
       }
     }
   }

@@ -7,7 +7,9 @@
 public struct PageSetStatistics: Sendable, Hashable {
   /// Pages on the pcp lists.
   public var count: Int
-  /// The drain threshold now, tuned between ``highMin`` and ``highMax``.
+  /// The drain threshold now, tuned between ``highMin`` and ``highMax``; 0 for a pcp that
+  /// no allocation or free has used yet (the kernel clamps it on first use, and
+  /// /proc/zoneinfo shows such a pcp with `high: 0`).
   public var high: Int
   /// Blocks moved per refill or drain step.
   public var batch: Int

@@ -104,14 +104,14 @@ import PageAllocTestSupport
         pagesets
           cpu: 0
                     count:    0
-                    high:     320
+                    high:     0
                     batch:    15
                     high_min: 320
                     high_max: 4096
         vm stats threshold: 0
           cpu: 1
                     count:    0
-                    high:     320
+                    high:     0
                     batch:    15
                     high_min: 320
                     high_max: 4096

@@ -18,6 +18,10 @@ struct FreeList {
 struct Zone: ~Copyable {
   @usableFromInline let lock: SpinLock
   @usableFromInline let nrFreePages: Atomic<Int>
+  /// ZONE_BELOW_HIGH: set by an allocation whose high-watermark check failed here, cleared
+  /// by a pcp free that drained while the zone was above high again. Read and written
+  /// without the zone lock, as the kernel's `zone->flags` bit.
+  @usableFromInline let belowHigh: Atomic<Bool>
   @usableFromInline let index: Int
   @usableFromInline let kind: ZoneKind
   /// zone_start_pfn and zone_end_pfn.
@@ -74,10 +78,11 @@ struct PerCPUPages: ~Copyable {
   @usableFromInline var batch: Int
   @usableFromInline var freeCount: Int
   @usableFromInline var allocFactor: Int
-  /// PCPF_PREV_FREE_HIGH_ORDER
+  /// PCPF_PREV_FREE_HIGH_ORDER: the last free was of order 1...PAGE_ALLOC_COSTLY_ORDER.
   @usableFromInline var prevFreeHighOrder: Bool
-  /// Round-robin cursor of free_pcppages_bulk.
-  @usableFromInline var drainCursor: Int
+  /// PCPF_FREE_HIGH_BATCH: the CPU's cache slice holds more than three batches, so a burst
+  /// of high-order frees keeps a batch cached (``PageAllocator/Configuration/pcpFreeHighBatch``).
+  @usableFromInline var freeHighBatch: Bool
   @usableFromInline var pgalloc: Int
   @usableFromInline var pgfree: Int
   @usableFromInline var refills: Int
@@ -101,6 +106,15 @@ enum PCPList {
 
 /// CONFIG_PCP_BATCH_SCALE_MAX
 @usableFromInline let pcpBatchScaleMax = 5
+
+/// The kernel's `clamp(v, lo, hi)`: `hi` when `v >= hi`, else `lo` when `v <= lo`, else `v`.
+/// The order of the tests matters only when `lo > hi` (a zone whose low-watermark share per
+/// CPU exceeds its high_max): then a `v` below `hi` gives `lo`, where `min(max(v, lo), hi)`
+/// would give `hi`.
+@inlinable @inline(__always)
+func kernelClamp(_ v: Int, _ lo: Int, _ hi: Int) -> Int {
+  v >= hi ? hi : (v <= lo ? lo : v)
+}
 
 /// `pcp_allowed_order()`: orders 0-3 and the pageblock (THP) order.
 @inlinable @inline(__always)
