@@ -9,13 +9,18 @@ extension PageAllocator {
   /// Allocates a block of `2^order` pages (`alloc_pages()`): the head's refcount is 1 and
   /// the tails' 0, or, with `.comp`, a compound page.
   ///
-  /// The zonelist is walked from the highest zone the flags allow down (Movable -> Normal ->
-  /// DMA32 -> DMA), first against each zone's low watermark, then against its min
-  /// watermark less the reserves `.high` (GFP_ATOMIC) may use. PageAlloc has no reclaim and
-  /// no compaction: a request that finds every zone below its watermark, or no free block
-  /// of the order, returns `nil` with a warn_alloc report (unless `.noWarn`). A request that
-  /// may reclaim (`.directReclaim`, as in `.kernel`) first drains every CPU's pcp lists and
-  /// tries once more, as the kernel's direct-reclaim path does when reclaim frees nothing.
+  /// The zonelist is walked as `get_page_from_freelist()` does, from the highest zone the
+  /// flags allow down (Movable -> Normal -> DMA32 -> DMA): first against each zone's low
+  /// watermark, with ALLOC_NOFRAGMENT when the preferred zone is Normal (fall back only by
+  /// claiming whole pageblocks, so DMA32's free pageblocks are used before Normal's are
+  /// mixed), then the same walk without it, then against the min watermark less the
+  /// reserves `.high` (GFP_ATOMIC) may use; `.memalloc` then ignores the watermarks.
+  /// PageAlloc has no reclaim and no compaction: a request that finds every zone below its
+  /// watermark, or no free block of the order, returns `nil` with a warn_alloc report
+  /// (unless `.noWarn`). A request that may reclaim (`.directReclaim`, as in `.kernel`)
+  /// first drains every CPU's pcp lists and tries the min-watermark walk once more, as the
+  /// kernel does after direct reclaim made progress but the retry still failed: reclaim
+  /// frees nothing here, but the pages on pcp lists are free memory all the same.
   ///
   /// - Complexity: O(1) from a per-CPU list; O(MAX_PAGE_ORDER) from the buddy, plus
   ///   O(2^order) for `.comp`, `.zero` and page poisoning.
@@ -64,7 +69,7 @@ extension PageAllocator {
     if _fastPath(first >= 0) {
       let z = zones + first
       if zoneAllocOK(z, order, z.pointee.wmarkLow, z.pointee.wmarkHigh, highest),
-        let pfn = rmqueueTop(z, first, order, mt)
+        let pfn = rmqueueTop(z, first, order, mt, noFragmentFlags(z))
       {
         prepNewPage(pfn, order, gfp, frozen: frozen)
         tracePageAlloc(pfn, order, mt, gfp)
@@ -74,39 +79,91 @@ extension PageAllocator {
     return allocSlowWalk(order, gfp, frozen: frozen, mt, highest)
   }
 
-  /// The rest of the zonelist walk of ``allocInternal(_:_:frozen:)``: the first pass from
-  /// the second zone on (the first was tried), then the min-watermark pass over all.
+  /// `alloc_flags_nofragment()` for a request whose preferred zone is `z`: ALLOC_NOFRAGMENT
+  /// when it is ZONE_NORMAL (x86-64 has ZONE_DMA32 below it; one node). So GFP_KERNEL,
+  /// GFP_USER and GFP_HIGHUSER requests have it, GFP_HIGHUSER_MOVABLE ones only while
+  /// ZONE_MOVABLE is empty, DMA32- and DMA-limited ones never.
+  @inlinable @inline(__always)
+  func noFragmentFlags(_ z: UnsafeMutablePointer<Zone>) -> AllocFlags {
+    z.pointee.kind == .normal ? .noFragment : []
+  }
+
+  /// The watermark a pass of the zonelist walk checks each zone against.
+  @usableFromInline
+  enum WalkMark {
+    /// The fast path: the low watermark (ALLOC_WMARK_LOW).
+    case low
+    /// The slow path: the min watermark less the reserves the flags may use.
+    case min
+    /// ALLOC_NO_WATERMARKS: checked (so ZONE_BELOW_HIGH is kept up to date) but ignored.
+    case none
+  }
+
+  /// The rest of the zonelist walk of ``allocInternal(_:_:frozen:)`` (the first zone's
+  /// fast-path try failed): the fast path's other zones, its retry without
+  /// ALLOC_NOFRAGMENT, then the slow path's passes.
   @usableFromInline @inline(never)
   func allocSlowWalk(_ order: Int, _ gfp: GFP, frozen: Bool, _ mt: Int, _ highest: Int) -> Int? {
-    var pass = 0
-    var drained = false
-    while pass < 2 {
-      for zi in zonelist(for: highest, from: pass == 0 ? 1 : 0) {
-        let z = zones + zi
-        let mark = pass == 0 ? z.pointee.wmarkLow : reserveMark(z.pointee.wmarkMin, gfp)
-        let highMark = pass == 0 ? z.pointee.wmarkHigh : reserveMark(z.pointee.wmarkHigh, gfp)
-        if zoneAllocOK(z, order, mark, highMark, highest) {
-          if let pfn = rmqueueTop(z, zi, order, mt) {
-            prepNewPage(pfn, order, gfp, frozen: frozen)
-            tracePageAlloc(pfn, order, mt, gfp)
-            return pfn
-          }
-        }
+    let preferred = zonelist(for: highest).preferred
+    if preferred >= 0 {
+      let fast = noFragmentFlags(zones + preferred)
+      var pfn = walkZonelist(order, gfp, mt, highest, .low, fast, from: 1)
+      if pfn == nil && fast.contains(.noFragment) {
+        // Every zone failed without fragmenting one: scan again, fragmenting allowed.
+        pfn = walkZonelist(order, gfp, mt, highest, .low, [], from: 0)
       }
-      pass &+= 1
-      if pass == 2 && !drained && gfp.contains(.directReclaim) {
-        // __alloc_pages_direct_reclaim(): when reclaim frees nothing, the kernel drains
-        // every CPU's pcp lists once and retries. There is no reclaim here, but the pages
-        // other CPUs hold on their pcp lists are free memory all the same.
-        drained = true
-        if pcpPageCount > 0 {
-          drainAllPages()
-          pass = 1
+      // The slow path (gfp_to_alloc_flags()): min watermark, the reserves of `.high`,
+      // ALLOC_NON_BLOCK for a request that may not reclaim, ALLOC_HIGHATOMIC for a
+      // high-order request that has both.
+      var slow: AllocFlags = []
+      if !gfp.contains(.directReclaim) {
+        slow.insert(.nonBlock)
+        if order > 0 && gfp.contains(.high) { slow.insert(.highAtomic) }
+      }
+      var drained = false
+      while pfn == nil {
+        pfn = walkZonelist(order, gfp, mt, highest, .min, slow, from: 0)
+        if pfn == nil && gfp.contains(.memalloc) && !gfp.contains(.noMemalloc) {
+          // __gfp_pfmemalloc_flags(): ALLOC_NO_WATERMARKS.
+          pfn = walkZonelist(order, gfp, mt, highest, .none, [], from: 0)
         }
+        if pfn != nil || drained || !gfp.contains(.directReclaim) || pcpPageCount == 0 { break }
+        // Direct reclaim frees nothing here; the pages other CPUs hold on their pcp lists
+        // are free memory all the same, so drain them once and retry.
+        drained = true
+        drainAllPages()
+      }
+      if let pfn {
+        prepNewPage(pfn, order, gfp, frozen: frozen)
+        tracePageAlloc(pfn, order, mt, gfp)
+        return pfn
       }
     }
     reportAllocFailure(order, gfp)
     tracePageAlloc(nil, order, mt, gfp)
+    return nil
+  }
+
+  /// One `get_page_from_freelist()` scan of the zonelist from entry `start`: the first zone
+  /// that passes its watermark checks and has a block.
+  @usableFromInline
+  func walkZonelist(
+    _ order: Int, _ gfp: GFP, _ mt: Int, _ highest: Int, _ mark: WalkMark, _ flags: AllocFlags, from start: Int
+  ) -> Int? {
+    for zi in zonelist(for: highest, from: start) {
+      let z = zones + zi
+      var ok: Bool
+      switch mark {
+      case .low:
+        ok = zoneAllocOK(z, order, z.pointee.wmarkLow, z.pointee.wmarkHigh, highest)
+      case .min:
+        ok = zoneAllocOK(z, order, reserveMark(z.pointee.wmarkMin, gfp), reserveMark(z.pointee.wmarkHigh, gfp), highest)
+      case .none:
+        _ = zoneAllocOK(z, order, z.pointee.wmarkMin, z.pointee.wmarkHigh, highest)
+        ok = true
+      }
+      if ok, let pfn = rmqueueTop(z, zi, order, mt, flags) { return pfn }
+    }
     return nil
   }
 
@@ -140,12 +197,13 @@ extension PageAllocator {
 
   /// `zone_watermark_fast()` / `__zone_watermark_ok()`: the free pages less the request's
   /// `2^order - 1` must stay above the mark plus the zone's lowmem reserve for a request
-  /// whose highest zone is `highest`. (The kernel's extra check that a block of the order
-  /// is free is left to the free lists themselves: rmqueue fails and the next zone is
-  /// tried.)
+  /// whose highest zone is `highest`; for order > 0 a free block of at least that order must
+  /// also sit on a list of a pcp type (``Zone/freeOrders``; the kernel's HighAtomic and CMA
+  /// lists, which only some requests may count, never hold a block here).
   @inlinable @inline(__always)
   func zoneWatermarkOK(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ mark: Int, _ highest: Int) -> Bool {
-    zoneFreePagesOK(z, order, mark, highest)
+    if !zoneFreePagesOK(z, order, mark, highest) { return false }
+    return order == 0 || z.pointee.freeOrders.load(ordering: .relaxed) &>> UInt32(truncatingIfNeeded: order) != 0
   }
 
   /// The page-count half of ``zoneWatermarkOK(_:_:_:_:)``.
@@ -155,13 +213,14 @@ extension PageAllocator {
     return free > mark &+ z.pointee.lowmemReserve[highest]
   }
 
-  /// `rmqueue()`: the per-CPU list for pcp orders, else the buddy under the zone lock.
+  /// `rmqueue()`: the per-CPU list for pcp orders, else (also when that gives nothing)
+  /// the buddy under the zone lock.
   @inlinable @inline(__always)
-  func rmqueueTop(_ z: UnsafeMutablePointer<Zone>, _ zi: Int, _ order: Int, _ mt: Int) -> Int? {
+  func rmqueueTop(_ z: UnsafeMutablePointer<Zone>, _ zi: Int, _ order: Int, _ mt: Int, _ flags: AllocFlags) -> Int? {
     if pcpAllowedOrder(order) {
-      if let p = rmqueuePcplist(z, zi, order, mt) { return p }
+      if let p = rmqueuePcplist(z, zi, order, mt, flags) { return p }
     }
-    return rmqueueBuddy(z, order, mt)
+    return rmqueueBuddy(z, order, mt, flags)
   }
 
   /// `prep_new_page()` / `post_alloc_hook()`: refcount, compound state, zeroing, poison

@@ -8,8 +8,10 @@ import Synchronization
 extension PageAllocator {
   /// `alloc_pages()` that never uses the per-CPU lists: every request takes the zone lock
   /// and `rmqueue()`s from the buddy, as the kernel did for every order before the pcp
-  /// lists existed (and still does when the pcp trylock fails). Same zonelist walk,
-  /// watermarks and page preparation as ``allocPages(order:gfp:)``; no fault injection.
+  /// lists existed (and still does when the pcp trylock fails). The same watermarks and page
+  /// preparation as ``allocPages(order:gfp:)``, and its first pass with ALLOC_NOFRAGMENT;
+  /// a simpler walk after it (the min pass straight away, no drain, no memalloc pass); no
+  /// fault injection.
   @_spi(Benchmark) @inlinable
   public func allocPagesBypassingPcp(order: Int, gfp: GFP) -> PFN? {
     precondition(order >= 0 && order <= PageGeometry.maxOrder)
@@ -21,7 +23,8 @@ extension PageAllocator {
         let z = zones + zi
         let mark = pass == 0 ? z.pointee.wmarkLow : reserveMark(z.pointee.wmarkMin, gfp)
         let highMark = pass == 0 ? z.pointee.wmarkHigh : reserveMark(z.pointee.wmarkHigh, gfp)
-        if zoneAllocOK(z, order, mark, highMark, highest), let pfn = rmqueueBuddy(z, order, mt) {
+        let flags = pass == 0 ? noFragmentFlags(zones + zonelist(for: highest).preferred) : []
+        if zoneAllocOK(z, order, mark, highMark, highest), let pfn = rmqueueBuddy(z, order, mt, flags) {
           prepNewPage(pfn, order, gfp, frozen: false)
           tracePageAlloc(pfn, order, mt, gfp)
           return PFN(pfn)

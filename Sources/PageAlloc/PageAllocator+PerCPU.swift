@@ -10,15 +10,18 @@ extension PageAllocator {
 
   /// `rmqueue_pcplist()`: pops the head of this CPU's list, refilling it from the buddy in
   /// a batch when empty. Returns nil when the pcp lock is busy (the caller then takes the
-  /// zone lock path) or the zone has nothing.
+  /// zone lock path), when an ALLOC_HIGHATOMIC request finds the list empty, or when the
+  /// zone has nothing. Every call halves `free_count` (the drain scale).
   @inlinable @inline(__always)
-  func rmqueuePcplist(_ z: UnsafeMutablePointer<Zone>, _ zi: Int, _ order: Int, _ mt: Int) -> Int? {
+  func rmqueuePcplist(
+    _ z: UnsafeMutablePointer<Zone>, _ zi: Int, _ order: Int, _ mt: Int, _ flags: AllocFlags
+  ) -> Int? {
     let pcp = localPcp(zi)
     if _slowPath(!pcp.pointee.lock.tryLock()) { return nil }
     pcp.pointee.freeCount = pcp.pointee.freeCount &>> 1
     let l = pcp.pointee.lists + orderToPindex(mt, order)
     if _slowPath(l.pointee.head == PageRecord.nilLink) {
-      if !pcpRefill(z, pcp, l, order, mt) {
+      if !pcpRefill(z, pcp, l, order, mt, flags) {
         pcp.pointee.lock.unlock()
         return nil
       }
@@ -32,18 +35,24 @@ extension PageAllocator {
   }
 
   /// The refill half of `rmqueue_pcplist()` (`rmqueue_bulk()`): moves a batch of blocks
-  /// from the buddy to the empty pcp list `l`, under the zone lock. Returns false when the
-  /// zone had none. Out of line: the common case pops a block without refilling.
+  /// from the buddy to the tail of the empty pcp list `l`, under the zone lock, in the
+  /// order `__rmqueue()` hands them out (physical order within a split block). Returns
+  /// false when nothing was added: the zone had none, or the request is ALLOC_HIGHATOMIC
+  /// (`nr_pcp_alloc()` has run by then, retuning the pcp). Out of line: the common case
+  /// pops a block without refilling.
   @usableFromInline @inline(never)
   func pcpRefill(
     _ z: UnsafeMutablePointer<Zone>, _ pcp: UnsafeMutablePointer<PerCPUPages>, _ l: UnsafeMutablePointer<FreeList>,
-    _ order: Int, _ mt: Int
+    _ order: Int, _ mt: Int, _ flags: AllocFlags
   ) -> Bool {
     let n = nrPcpAlloc(pcp, z, order)
+    // High-order atomic requests go to the buddy and its HighAtomic reserve instead.
+    if flags.contains(.highAtomic) { return false }
     z.pointee.lock.lock()
     var got = 0
+    var mode = RmqueueMode.normal
     while got < n {
-      guard let b = rmqueue(z, order, mt) else { break }
+      guard let b = rmqueue(z, order, mt, flags, &mode) else { break }
       pcpAddTail(l, b, order)
       got &+= 1
     }

@@ -22,6 +22,11 @@ struct Zone: ~Copyable {
   /// by a pcp free that drained while the zone was above high again. Read and written
   /// without the zone lock, as the kernel's `zone->flags` bit.
   @usableFromInline let belowHigh: Atomic<Bool>
+  /// Bit `o` set when a free list of order `o` of a pcp type (Unmovable, Movable,
+  /// Reclaimable) holds a block: the free-block test of `__zone_watermark_ok()` for
+  /// order > 0, read without the lock as the kernel reads `free_area[o]`. Written only
+  /// under the lock, when a list of a pcp type becomes empty or non-empty.
+  @usableFromInline let freeOrders: Atomic<UInt32>
   @usableFromInline let index: Int
   @usableFromInline let kind: ZoneKind
   /// zone_start_pfn and zone_end_pfn.
@@ -49,6 +54,31 @@ struct Zone: ~Copyable {
   /// Blocks handed out by fallback (steal or claim), and pageblocks claimed.
   @usableFromInline var fallbackAllocs: Int
   @usableFromInline var pageblocksClaimed: Int
+}
+
+/// The `alloc_flags` bits the zonelist walk hands down to `rmqueue()` and the fallbacks.
+@usableFromInline
+struct AllocFlags: OptionSet, Sendable {
+  @usableFromInline var rawValue: UInt8
+  @inlinable init(rawValue: UInt8) { self.rawValue = rawValue }
+  /// ALLOC_NOFRAGMENT: fall back only by claiming whole pageblocks, never by stealing.
+  /// The first pass of a request whose preferred zone is ZONE_NORMAL carries it.
+  @usableFromInline static let noFragment = AllocFlags(rawValue: 1 << 0)
+  /// ALLOC_HIGHATOMIC: a high-order request that may not block and may use reserves, in
+  /// the slow path. It never refills a pcp list and tries the HighAtomic lists first.
+  @usableFromInline static let highAtomic = AllocFlags(rawValue: 1 << 1)
+  /// ALLOC_NON_BLOCK: the request may not block; `rmqueue_buddy()` tries the HighAtomic
+  /// lists when everything else failed.
+  @usableFromInline static let nonBlock = AllocFlags(rawValue: 1 << 2)
+}
+
+/// `enum rmqueue_mode`: where `__rmqueue()` found blocks last, kept for one refill or one
+/// `rmqueue_buddy()`: once a refill had to steal, the rest of it steals straight away. (The
+/// kernel's RMQUEUE_CLAIM is never stored, and RMQUEUE_CMA is not needed: no pageblock is
+/// ever CMA.)
+@usableFromInline
+enum RmqueueMode {
+  case normal, steal
 }
 
 /// The shape of a zone's free lists: the kernel's `free_area[NR_PAGE_ORDERS]`, each with its
