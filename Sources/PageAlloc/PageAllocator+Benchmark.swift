@@ -58,8 +58,8 @@ extension PageAllocator {
       if old <= 0 { refcountUnderflow(p, r, "freePagesBypassingPcp") }
       return
     }
-    if _slowPath(poisoning) { fillPoison(p, 1) }
     tracePageFree(p, 0)
+    if _slowPath(poisoning) { fillPoison(p, 1) }
     zoneFreeBlock(zones + zi, p, 0)
   }
 

@@ -73,14 +73,29 @@ extension PageAllocator {
   }
 
   /// `free_pages_prepare()` + `__free_frozen_pages()` for a block whose head refcount is
-  /// zero: every page is checked (`free_page_is_bad()`, compound tails, hwpoison); a clean
-  /// block is freed whole. The kernel leaks a whole block when one page is bad; PageAlloc
-  /// quarantines the bad pages only and frees the rest as order-0 runs.
+  /// zero: see ``prepareBlock(_:_:_:_:)``; a clean block is freed whole.
   @discardableResult
   @usableFromInline
   func freeBlockChecked(_ pfn: Int, _ order: Int, _ zi: Int, _ op: String) -> Bool {
+    if _fastPath(order == 0) { return freeOrder0Checked(memMap.presentRecord(pfn), pfn, zi, op) }
+    guard prepareBlock(pfn, order, zi, op) else { return false }
+    freePrepared(pfn, order, zi)
+    return true
+  }
+
+  /// `__free_pages_prepare()` for a block whose head refcount is zero. mm_page_free is
+  /// traced first, before any check, as the kernel does. Then every page is checked
+  /// (`free_page_is_bad()`, compound tails, hwpoison); a mlocked head is cleared, counted
+  /// (UNEVICTABLE_PGCLEARED) and freed like any other. Returns true when the block is clean
+  /// and ready for `__free_frozen_pages()`. Otherwise the block has been dealt with here:
+  /// the kernel leaks a whole block when one page is bad; PageAlloc quarantines the bad
+  /// pages only and frees the rest as order-0 runs (not traced again: the block's event
+  /// covers them).
+  @usableFromInline
+  func prepareBlock(_ pfn: Int, _ order: Int, _ zi: Int, _ op: String) -> Bool {
     let r = memMap.presentRecord(pfn)
-    if _fastPath(order == 0) { return freeOrder0Checked(r, pfn, zi, op) }
+    if order == 0 { return prepareOrder0(r, pfn, op) }
+    tracePageFree(pfn, order)
     let w = r.pointee.flags.load(ordering: .relaxed)
     // order > 0: check every page.
     let compound = w & PG.head != 0
@@ -108,9 +123,10 @@ extension PageAllocator {
         i &+= 1
         t += 1
       }
+      // A mlocked folio counts all its pages; a non-compound block is one page to the
+      // kernel's folio_nr_pages().
+      if _slowPath(w & PG.mlocked != 0) { mlockCleared.wrappingAdd(compound ? n : 1, ordering: .relaxed) }
       if _slowPath(poisoning) { fillPoison(pfn, n) }
-      tracePageFree(pfn, order)
-      freePrepared(pfn, order, zi)
       return true
     }
     // Salvage: quarantine each bad page, free the good ones as prepared order-0 runs.
@@ -150,7 +166,6 @@ extension PageAllocator {
       } else {
         qr.pointee.flags.store(0, ordering: .relaxed)
         if poisoning { fillPoison(q, 1) }
-        tracePageFree(q, 0)
       }
       if ok {
         if runStart < 0 { runStart = q }
@@ -168,6 +183,16 @@ extension PageAllocator {
   @discardableResult
   @inlinable @inline(__always)
   func freeOrder0Checked(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ zi: Int, _ op: String) -> Bool {
+    guard prepareOrder0(r, pfn, op) else { return false }
+    freePrepared(pfn, 0, zi)
+    return true
+  }
+
+  /// ``prepareBlock(_:_:_:_:)`` for order 0: mm_page_free, then the checks. Returns true
+  /// when the page may be freed (its flag word is then clear).
+  @inlinable @inline(__always)
+  func prepareOrder0(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ op: String) -> Bool {
+    tracePageFree(pfn, 0)
     let w = r.pointee.flags.load(ordering: .relaxed)
     if _fastPath(w & PG.flagMask == 0) {
       if _slowPath(r.pointee.refcount.load(ordering: .relaxed) != 0) {
@@ -176,32 +201,34 @@ extension PageAllocator {
       }
       if w != 0 { r.pointee.flags.store(0, ordering: .relaxed) }
       if _slowPath(poisoning) { fillPoison(pfn, 1) }
-      tracePageFree(pfn, 0)
-      freePrepared(pfn, 0, zi)
       return true
     }
-    return freeOrder0Slow(r, pfn, w, zi, op)
+    return prepareOrder0Slow(r, pfn, w, op)
   }
 
   @usableFromInline @inline(never)
-  func freeOrder0Slow(
-    _ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ w: UInt32, _ zi: Int, _ op: String
-  ) -> Bool {
+  func prepareOrder0Slow(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ w: UInt32, _ op: String) -> Bool {
     if w & PG.head != 0 {
       // A compound page that somehow lost its order (cannot happen for order 0).
       reportBad(pfn, .compound, "compound page freed at order 0", op, quarantine: true)
       return false
     }
-    guard preparePageSlow(r, pfn, w, op) else { return false }
-    freePrepared(pfn, 0, zi)
-    return true
+    return preparePageSlow(r, pfn, w, op)
   }
 
-  /// The slow part of the order-0 prepare: a page with flags set (or any page while
-  /// poisoning or tracing is on). Returns true when the page may be freed (its flag word is
+  /// The slow part of the order-0 prepare, after mm_page_free (the callers trace): a page
+  /// with flags set (or any page while poisoning or tracing is on). A mlocked page is
+  /// cleared and counted (UNEVICTABLE_PGCLEARED) first, as `__free_pages_prepare()` does;
+  /// any other flag is checked. Returns true when the page may be freed (its flag word is
   /// then clear).
   @usableFromInline @inline(never)
-  func preparePageSlow(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ w: UInt32, _ op: String) -> Bool {
+  func preparePageSlow(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ wIn: UInt32, _ op: String) -> Bool {
+    var w = wIn
+    if w & PG.mlocked != 0 && w & (PG.freeMask | PG.quarantined) == 0 {
+      mlockCleared.wrappingAdd(1, ordering: .relaxed)
+      w &= ~PG.mlocked
+      r.pointee.flags.store(w, ordering: .relaxed)
+    }
     if w & PG.flagMask == 0 {
       // Only an order left in the word: an unsplit non-compound head freed page by page.
       r.pointee.flags.store(0, ordering: .relaxed)
@@ -209,7 +236,6 @@ extension PageAllocator {
       return false
     }
     if poisoning { fillPoison(pfn, 1) }
-    tracePageFree(pfn, 0)
     return true
   }
 

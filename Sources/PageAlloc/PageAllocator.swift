@@ -43,6 +43,8 @@ public final class PageAllocator: @unchecked Sendable {
   @usableFromInline let tracing: Atomic<Bool>
   @usableFromInline let quarantined: Atomic<Int>
   @usableFromInline let hwpoisoned: Atomic<Int>
+  /// UNEVICTABLE_PGCLEARED: pages freed while mlocked.
+  @usableFromInline let mlockCleared: Atomic<Int>
   let reports: LockedState<ReportLog>
   let traceSinkBox: LockedState<TraceTargets>
   /// Fault injection (fail_page_alloc); nil check is one load.
@@ -119,6 +121,7 @@ public final class PageAllocator: @unchecked Sendable {
     tracing = Atomic(false)
     quarantined = Atomic(0)
     hwpoisoned = Atomic(0)
+    mlockCleared = Atomic(0)
     reports = LockedState(ReportLog())
     traceSinkBox = LockedState(TraceTargets())
     faultState = LockedState(nil)

@@ -184,6 +184,14 @@ extension PageAllocator {
     }
   }
 
+  /// mm_page_free_batched: the event has no order field (TP_printk prints `order=0`).
+  @inlinable @inline(__always)
+  func traceFreeBatched(_ pfn: Int) {
+    if _slowPath(tracing.load(ordering: .relaxed)) {
+      emit(TraceEvent(kind: .pageFreeBatched, pfn: PFN(pfn), order: 0, cpu: -1))
+    }
+  }
+
   @inlinable @inline(__always)
   func tracePageAlloc(_ pfn: Int?, _ order: Int, _ mt: Int, _ gfp: GFP) {
     if _slowPath(tracing.load(ordering: .relaxed)) {
