@@ -97,7 +97,7 @@ import PageAllocTestSupport
               present  65536
               managed  65536
               cma      0
-              protection: (0, 0, 0, 0)
+              protection: (0, 0, 0, 0, 0)
             nr_free_pages 65520
             nr_free_pages_blocks 65024
             nr_free_cma  0
@@ -136,6 +136,7 @@ import PageAllocTestSupport
       pgalloc_dma32 0
       pgalloc_normal 16
       pgalloc_movable 0
+      pgalloc_device 0
       pgfree 16
       nr_unstable 0
 
