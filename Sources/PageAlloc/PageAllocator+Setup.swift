@@ -254,6 +254,31 @@ extension PageAllocator {
     }
   }
 
+  /// What min_free_kbytes becomes when the kernel recomputes it for these zones as they
+  /// are now (boot, memory hotplug, a change of the THP mode): `calculate_min_free_kbytes()`
+  /// (int_sqrt(16 * free buffer kB), clamped to [128, 262144], the free buffer pages being
+  /// each zone up to Normal's managed pages above its high watermark), raised, when
+  /// transparent huge pages are enabled (`always` or `madvise`), to khugepaged's
+  /// `set_recommended_min_free_kbytes()`: 11 pageblocks for each populated zone up to Normal
+  /// (2 free THPs, and 3 x 3 pageblocks for the fallbacks between the pcp migratetypes), at
+  /// most 5% of the free buffer pages. On an x86-64 machine with DMA, DMA32 and Normal and
+  /// THP enabled that is 67584 kB unless lowmem is small.
+  public func recommendedMinFreeKbytes(transparentHugePages: Bool) -> Int {
+    var freeBufferPages = 0
+    var lowZones = 0
+    for i in 0..<zoneCount where zones[i].kind <= .normal && zones[i].present > 0 {
+      freeBufferPages += max(zones[i].managed - zones[i].wmarkHigh, 0)
+      lowZones += 1
+    }
+    let computed = min(
+      max(PageAllocator.integerSquareRoot(freeBufferPages * (PageGeometry.pageSize / 1024) * 16), 128), 262_144)
+    guard transparentHugePages else { return computed }
+    let pageblocks = PageGeometry.pageblockPages * lowZones
+    var recommended = pageblocks * 2 + pageblocks * MigrateType.pcpTypes * MigrateType.pcpTypes
+    recommended = min(recommended, freeBufferPages / 20) << (PageGeometry.pageShift - 10)
+    return max(computed, recommended)
+  }
+
   /// The pages managed by the zones that are neither HighMem nor Movable, over which
   /// min_free_kbytes is shared out.
   var lowmemPageCount: Int {
