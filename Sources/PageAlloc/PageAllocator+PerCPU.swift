@@ -341,6 +341,40 @@ extension PageAllocator {
     } while left > 0
   }
 
+  /// `decay_pcp_high()` on every CPU's pcp of every populated zone: one tick of the
+  /// kernel's vmstat worker, which runs it about once a second on each CPU while there is
+  /// work. A pcp whose `high` was tuned above high_min gets an eighth taken off it (not
+  /// below high_min, nor below `count - (batch << 5)`), and drains down to the new `high`
+  /// in pieces of `batch`, each from list 0. PageAlloc has no clock: the decay happens only
+  /// when this is called. Returns whether some pcp has more to do (a `high` still above
+  /// high_min, or pages drained this time).
+  @discardableResult
+  public func decayPcpHigh() -> Bool {
+    var todo = false
+    for cpu in 0..<cpuCount {
+      for zi in 0..<zoneCount where zones[zi].present > 0 {
+        let pcp = pcp(cpu * zoneCount + zi)
+        pcp.pointee.lock.lock()
+        let lo = pcp.pointee.highMin
+        let batch = pcp.pointee.batch
+        if pcp.pointee.high > lo {
+          let high = pcp.pointee.high
+          pcp.pointee.high = max(pcp.pointee.count &- (batch &<< pcpBatchScaleMax), high &- (high &>> 3), lo)
+          if pcp.pointee.high > lo { todo = true }
+        }
+        var toDrain = pcp.pointee.count &- pcp.pointee.high
+        while toDrain > 0 {
+          let piece = min(toDrain, batch)
+          freePcppagesBulk(zones + zi, piece, pcp, 0)
+          todo = true
+          toDrain &-= piece
+        }
+        pcp.pointee.lock.unlock()
+      }
+    }
+    return todo
+  }
+
   /// `drain_all_pages()`: empties every CPU's pcp lists into the buddy, CPU by CPU, each
   /// CPU's zones in zone order (`drain_pages()`).
   public func drainAllPages() {

@@ -201,3 +201,30 @@ import PageAllocTestSupport
     try a.verify()
   }
 }
+
+/// `decay_pcp_high()`, which the kernel's vmstat worker runs on every CPU about once a
+/// second: PageAlloc runs it when asked.
+@Suite(.serialized) struct PcpDecayTests {
+  /// `high` decays by an eighth (not below high_min, nor below count - batch << 5) and the
+  /// pcp drains down to it in pieces of batch from list 0; once at high_min there is no
+  /// more work.
+  @Test func decayLowersHighAndDrainsToIt() throws {
+    let (a, t) = try makeTracedAllocator(pages: 1 << 18, cpus: 1)  // batch 63, high_min 1286
+    PageAllocator.setThreadCPU(0)
+    defer { PageAllocator.setThreadCPU(nil) }
+    #expect(a.claimFreeRange(0, count: 1390) == .claimed)
+    for p in 0..<1285 { a.freePages(PFN(p), order: 0) }
+    a.pcp(0).pointee.high = 1400
+    for p in 1285..<1390 { a.freePages(PFN(p), order: 0) }
+    #expect(a.pcpPageCount == 1390)
+    t.removeAll()
+    #expect(a.decayPcpHigh())
+    // high = max(1390 - 2016, 1400 - 175, 1286) = 1286: 104 pages drained, oldest first.
+    #expect(a.pcp(0).pointee.high == 1286)
+    #expect(a.pcpPageCount == 1286)
+    #expect(t.snapshot.filter { $0.kind == .pagePcpuDrain }.map { $0.pfn!.value } == Array(0..<104))
+    #expect(!a.decayPcpHigh())
+    #expect(a.pcpPageCount == 1286)
+    try a.verify()
+  }
+}
