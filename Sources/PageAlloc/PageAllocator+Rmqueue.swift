@@ -88,7 +88,8 @@ extension PageAllocator {
   /// `should_try_claim_block()`: whether falling back at a free block of order `order` may
   /// claim its whole pageblock for `startMt`: always from half a pageblock up, and at any
   /// order for Unmovable and Reclaimable requests (which would pollute a Movable block);
-  /// small Movable requests only steal.
+  /// small Movable requests only steal. (The kernel also claims whenever grouping by
+  /// mobility is off, which it is below 3072 pages; PageAlloc always groups.)
   @usableFromInline
   func canClaim(_ order: Int, _ startMt: Int) -> Bool {
     if order >= PageGeometry.pageblockOrder { return true }

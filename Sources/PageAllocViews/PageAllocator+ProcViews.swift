@@ -58,7 +58,7 @@ extension PageAllocator {
   }
 
   /// `/proc/zoneinfo`, the parts PageAlloc models, for every zone of the node
-  /// (``PageAlloc/PageAllocator/nodeZoneStatistics()``: kinds not configured are printed as
+  /// (`nodeZoneStatistics()`: kinds not configured are printed as
   /// the kernel prints an empty zone).
   ///
   /// Per zone: the header, `pages free`, `boost` (always 0: no watermark boosting), the
