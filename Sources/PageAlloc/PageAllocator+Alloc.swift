@@ -198,12 +198,32 @@ extension PageAllocator {
   /// `zone_watermark_fast()` / `__zone_watermark_ok()`: the free pages less the request's
   /// `2^order - 1` must stay above the mark plus the zone's lowmem reserve for a request
   /// whose highest zone is `highest`; for order > 0 a free block of at least that order must
-  /// also sit on a list of a pcp type (``Zone/freeOrders``; the kernel's HighAtomic and CMA
-  /// lists, which only some requests may count, never hold a block here).
+  /// also sit on a list of a pcp type (the kernel's HighAtomic and CMA lists, which only
+  /// some requests may count, never hold a block here).
   @inlinable @inline(__always)
   func zoneWatermarkOK(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ mark: Int, _ highest: Int) -> Bool {
     if !zoneFreePagesOK(z, order, mark, highest) { return false }
-    return order == 0 || z.pointee.freeOrders.load(ordering: .relaxed) &>> UInt32(truncatingIfNeeded: order) != 0
+    return order == 0 || zoneHasFreeBlock(z, order)
+  }
+
+  /// `__zone_watermark_ok()`'s free-block test: a block of `order` or more on a free list of
+  /// a pcp type. The kernel reads the lists without the lock; here the lists are read under
+  /// it (a racy read of them would be a data race in Swift), which costs order > 0
+  /// allocations a lock round trip and nothing else: keeping a lock-free summary up to date
+  /// instead would cost every split and merge.
+  @usableFromInline @inline(never)
+  func zoneHasFreeBlock(_ z: UnsafeMutablePointer<Zone>, _ order: Int) -> Bool {
+    z.pointee.lock.lock()
+    defer { z.pointee.lock.unlock() }
+    var o = order
+    while o <= PageGeometry.maxOrder {
+      let l = z.pointee.lists + listIndex(o, 0)
+      if l[0].head != PageRecord.nilLink || l[1].head != PageRecord.nilLink || l[2].head != PageRecord.nilLink {
+        return true
+      }
+      o &+= 1
+    }
+    return false
   }
 
   /// The page-count half of ``zoneWatermarkOK(_:_:_:_:)``.

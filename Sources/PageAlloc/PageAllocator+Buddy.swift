@@ -51,8 +51,7 @@ extension PageAllocator {
 
   // MARK: Free lists
 
-  /// `__add_to_free_list()` + `account_freepages()`: puts a free block on a list (and keeps
-  /// ``Zone/freeOrders`` up to date).
+  /// `__add_to_free_list()` + `account_freepages()`: puts a free block on a list.
   @inlinable @inline(__always)
   func addToFreeList(_ z: UnsafeMutablePointer<Zone>, _ pfn: Int, _ order: Int, _ mt: Int, tail: Bool) {
     let r = memMap.presentRecord(pfn)
@@ -63,32 +62,17 @@ extension PageAllocator {
       z.pointee.nrFreePages.store(
         z.pointee.nrFreePages.load(ordering: .relaxed) &+ (1 &<< order), ordering: .relaxed)
     }
-    if mt < MigrateType.pcpTypes && l.pointee.count == 1 {
-      let bit: UInt32 = 1 &<< UInt32(truncatingIfNeeded: order)
-      let m = z.pointee.freeOrders.load(ordering: .relaxed)
-      if m & bit == 0 { z.pointee.freeOrders.store(m | bit, ordering: .relaxed) }
-    }
   }
 
-  /// `__del_page_from_free_list()`: unlinks a free block and clears PageBuddy (and keeps
-  /// ``Zone/freeOrders`` up to date).
+  /// `__del_page_from_free_list()`: unlinks a free block and clears PageBuddy.
   @inlinable @inline(__always)
   func delFromFreeList(_ z: UnsafeMutablePointer<Zone>, _ pfn: Int, _ order: Int, _ mt: Int) {
     let r = memMap.presentRecord(pfn)
-    let l = z.pointee.lists + listIndex(order, mt)
-    unlink(l, r)
+    unlink(z.pointee.lists + listIndex(order, mt), r)
     r.pointee.flags.store(0, ordering: .relaxed)
     if mt != MigrateType.isolate.rawValue {
       z.pointee.nrFreePages.store(
         z.pointee.nrFreePages.load(ordering: .relaxed) &- (1 &<< order), ordering: .relaxed)
-    }
-    if mt < MigrateType.pcpTypes && l.pointee.count == 0 {
-      // The pcp types' lists of one order are adjacent (listIndex(order, 0...2)).
-      let first = z.pointee.lists + listIndex(order, 0)
-      if first[0].count == 0 && first[1].count == 0 && first[2].count == 0 {
-        let bit: UInt32 = 1 &<< UInt32(truncatingIfNeeded: order)
-        z.pointee.freeOrders.store(z.pointee.freeOrders.load(ordering: .relaxed) & ~bit, ordering: .relaxed)
-      }
     }
   }
 

@@ -121,7 +121,7 @@ extension PageAllocator {
       reserve.initialize(repeating: 0, count: ZoneKind.count)
       (zones + i).initialize(
         to: Zone(
-          lock: SpinLock(word: Atomic(0)), nrFreePages: Atomic(0), belowHigh: Atomic(false), freeOrders: Atomic(0),
+          lock: SpinLock(word: Atomic(0)), nrFreePages: Atomic(0), belowHigh: Atomic(false),
           index: i, kind: zc.kind, start: zc.pfns.lowerBound.value, end: zc.pfns.upperBound.value, lists: lists,
           lowmemReserve: reserve, spanned: zc.pfns.count, present: 0, managed: 0, wmarkMin: 0, wmarkLow: 0,
           wmarkHigh: 0, wmarkPromo: 0, batch: 1, highMin: 0, highMax: 0, pgfree: 0, pgalloc: 0, pgallocFailed: 0,

@@ -46,8 +46,7 @@ extension PageAllocator {
   ///
   /// - every listed block is a present, aligned, free (`PageBuddy` or pcp) head of the
   ///   right order, with refcount 0, inside one zone and one section, and on the list of its
-  ///   pageblock's type; list links and counts (`nr_free`, NR_FREE_PAGES, the orders with a
-  ///   free block, pcp count) agree;
+  ///   pageblock's type; list links and counts (`nr_free`, NR_FREE_PAGES, pcp count) agree;
   /// - no two free blocks overlap;
   /// - no two free buddies that the kernel would merge are left unmerged;
   /// - every page inside a free block is clean (no flags, refcount 0); no page outside
@@ -156,18 +155,6 @@ extension PageAllocator {
       guard nf == nrFree else {
         throw fail(.accounting, "NR_FREE_PAGES of \(z.pointee.kind) is \(nf) but the lists hold \(nrFree)")
       }
-      var orders: UInt32 = 0
-      for o in 0...PageGeometry.maxOrder {
-        for mt in 0..<MigrateType.pcpTypes where z.pointee.lists[listIndex(o, mt)].count > 0 { orders |= 1 << o }
-      }
-      let fo = z.pointee.freeOrders.load(ordering: .relaxed)
-      guard fo == orders else {
-        throw fail(
-          .accounting,
-          "free orders of \(z.pointee.kind) are 0x\(String(fo, radix: 16)) but the lists hold 0x\(String(orders, radix: 16))"
-        )
-      }
-
       for cpu in 0..<cpuCount {
         let pc = pcp(cpu * zoneCount + zi)
         var pages = 0

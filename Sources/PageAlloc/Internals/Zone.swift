@@ -22,11 +22,6 @@ struct Zone: ~Copyable {
   /// by a pcp free that drained while the zone was above high again. Read and written
   /// without the zone lock, as the kernel's `zone->flags` bit.
   @usableFromInline let belowHigh: Atomic<Bool>
-  /// Bit `o` set when a free list of order `o` of a pcp type (Unmovable, Movable,
-  /// Reclaimable) holds a block: the free-block test of `__zone_watermark_ok()` for
-  /// order > 0, read without the lock as the kernel reads `free_area[o]`. Written only
-  /// under the lock, when a list of a pcp type becomes empty or non-empty.
-  @usableFromInline let freeOrders: Atomic<UInt32>
   @usableFromInline let index: Int
   @usableFromInline let kind: ZoneKind
   /// zone_start_pfn and zone_end_pfn.
