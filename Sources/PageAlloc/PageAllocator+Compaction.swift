@@ -855,10 +855,7 @@ extension PageAllocator {
   /// `drain_local_pages(zone)`: this CPU's pcp lists of the zone, so that the pages
   /// migration freed there merge (and can be captured).
   func drainLocalPages(_ zi: Int) {
-    let pcp = localPcp(zi)
-    pcp.pointee.lock.lock()
-    if pcp.pointee.count > 0 { freePcppagesBulk(zones + zi, pcp.pointee.count, pcp, pcp.pointee.drainCursor) }
-    pcp.pointee.lock.unlock()
+    drainPagesZone(zones + zi, localPcp(zi))
   }
 
   /// `compact_zone()`: the migrate scanner walks up, the free scanner down, moving movable
@@ -1115,9 +1112,10 @@ extension PageAllocator {
   /// the pcp drain that stands in for reclaim): `__alloc_pages_slowpath()`'s
   /// `__alloc_pages_direct_compact()` calls. A costly request, or a non-movable one of
   /// order above 0, compacts first at ASYNC priority and tries the free lists again; then
-  /// compacts at SYNC_LIGHT (at ASYNC again with `.noRetry`, which stops there). A movable
-  /// request of a non-costly order compacts once at SYNC_LIGHT. With no reclaim there is no progress to retry on, so
-  /// priority never rises further (`should_compact_retry()` is never reached).
+  /// compacts at SYNC_LIGHT (at ASYNC again with `.noRetry`, which stops there; not at all
+  /// with `.noRetry` and `.thisNode`, the THP fault path). A movable request of a
+  /// non-costly order compacts once at SYNC_LIGHT. With no reclaim there is no progress to
+  /// retry on, so priority never rises further (`should_compact_retry()` is never reached).
   ///
   /// Departure in order: the kernel reclaims between the ASYNC and the SYNC_LIGHT attempt;
   /// here the pcp drain that models reclaim ran before both.
@@ -1128,12 +1126,15 @@ extension PageAllocator {
       cpa_get_in_compaction() == 0
     else { return nil }
     let costly = order > PageGeometry.costlyOrder
-    // 2026: a costly __GFP_NORETRY request (no NOFAIL) gets no direct compaction at all.
-    if costly && gfp.contains(.noRetry) && !gfp.contains(.noFail) { return nil }
+    // 2026: a costly __GFP_NORETRY request gets no direct compaction at all, unless it is
+    // __GFP_THISNODE (the THP fault path) or __GFP_NOFAIL.
+    if costly && gfp.contains(.noRetry) && !gfp.contains(.thisNode) && !gfp.contains(.noFail) { return nil }
     let compactFirst = costly || mt != MigrateType.movable.rawValue
     if compactFirst {
       if let p = directCompact(order, gfp, frozen: frozen, mt, highest, .async) { return p }
       if let p = freelistMin(order, gfp, frozen: frozen, mt, highest) { return p }
+      // The THP fault path (NORETRY and THISNODE) stops after the asynchronous attempt.
+      if gfp.contains(.noRetry) && gfp.contains(.thisNode) { return nil }
     }
     // After the first attempt the kernel raises the priority to SYNC_LIGHT, unless
     // __GFP_NORETRY keeps it at ASYNC for the one retry it gets.
@@ -1153,15 +1154,15 @@ extension PageAllocator {
 
   /// `get_page_from_freelist()` at the min watermark less the request's reserves.
   func freelistMin(_ order: Int, _ gfp: GFP, frozen: Bool, _ mt: Int, _ highest: Int) -> Int? {
-    for zi in zonelist(for: highest) {
-      let z = zones + zi
-      if watermarkOK(z, order, reserveMark(z.pointee.wmarkMin, gfp), highest), let pfn = rmqueueTop(z, zi, order, mt) {
-        prepNewPage(pfn, order, gfp, frozen: frozen)
-        tracePageAlloc(pfn, order, mt, gfp)
-        return pfn
-      }
+    var slow: AllocFlags = []
+    if !gfp.contains(.directReclaim) {
+      slow.insert(.nonBlock)
+      if order > 0 && gfp.contains(.high) { slow.insert(.highAtomic) }
     }
-    return nil
+    guard let pfn = walkZonelist(order, gfp, mt, highest, .min, slow, from: 0) else { return nil }
+    prepNewPage(pfn, order, gfp, frozen: frozen)
+    tracePageAlloc(pfn, order, mt, gfp)
+    return pfn
   }
 
   /// `__alloc_pages_direct_compact()`: compacts with a capture control published, then
@@ -1258,6 +1259,7 @@ extension PageAllocator {
     {
       return false
     }
+    if mt != capc.pointee.migratetype { traceExtfrag(pfn, capc.pointee.order, order, capc.pointee.migratetype, mt) }
     capc.pointee.page = pfn
     return true
   }

@@ -18,7 +18,7 @@ extension TraceEvent {
     func mode(_ i: Int) -> String { MigrationMode(rawValue: at(i))?.description ?? "?" }
     func reason(_ i: Int) -> String { MigrateReason(rawValue: at(i))?.description ?? "?" }
     switch kind {
-    case .pageAlloc, .pageFree, .pageFreeBatched, .pageAllocZoneLocked, .pagePcpuDrain:
+    case .pageAlloc, .pageFree, .pageFreeBatched, .pageAllocZoneLocked, .pagePcpuDrain, .pageAllocExtfrag:
       return nil
     case .compactionIsolateMigratepages, .compactionIsolateFreepages:
       return "range=(\(hex(0)) ~ \(hex(1))) nr_scanned=\(at(2)) nr_taken=\(at(3))"
