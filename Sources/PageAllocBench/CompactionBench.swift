@@ -105,8 +105,14 @@ public enum CompactionBench {
 
   static func tag(_ h: MovablePageTable.Handle) -> UInt64 { UInt64(h.id) &* 0x9E37_79B9_7F4A_7C15 | 1 }
 
+  /// Every variant on a 1 GiB pool (256 MiB with `quick`).
   public static func run(quick: Bool, progress: (@Sendable (String, Double) -> Void)? = nil) throws -> [BenchResult] {
-    let pages = quick ? 1 << 16 : 1 << 18
+    try run(pages: quick ? 1 << 16 : 1 << 18, progress: progress)
+  }
+
+  /// Every variant on a pool of `pages` pages (at least 2^14: the contiguous range is
+  /// 16384 pages from a quarter of the pool, or a quarter of the pool when smaller).
+  package static func run(pages: Int, progress: (@Sendable (String, Double) -> Void)? = nil) throws -> [BenchResult] {
     PageAllocator.setThreadCPU(0)
     defer { PageAllocator.setThreadCPU(nil) }
     var out: [BenchResult] = []
@@ -224,7 +230,7 @@ public enum CompactionBench {
   /// `allocContigRange` of 16384 pages over the fragmented movable pool (a quarter of the
   /// range's pages in use, all movable) against the same range of a free pool.
   static func contig(pages: Int) throws -> [BenchResult] {
-    let n = 16384
+    let n = min(16384, pages / 4)
     let range = PFN(pages / 4)..<PFN(pages / 4 + n)
     var out: [BenchResult] = []
     for variant in ["contig-movable", "contig-free"] {
