@@ -3,7 +3,9 @@
 // Each input builds a small allocator (APISequence.fuzzConfiguration: a DMA zone ending
 // inside a pageblock, a Normal zone with a memmap hole, 1024-page sections, backing .none)
 // and decodes its bytes into the API-sequence driver's ops: well-formed calls on what the
-// sequence holds, and hostile ones on arbitrary pfns and orders (double frees, wrong
+// sequence holds (movable blocks with owners and compaction among them: compactZone,
+// compactAll, proactive compaction, kcompactd's round, contiguous ranges that migrate),
+// and hostile ones on arbitrary pfns and orders (double frees, wrong
 // orders, foreign pfns, compound heads, flags set on pages in use, split/get/put of free
 // pages). After the sequence the allocator must verify(); then everything held is freed,
 // and after a drain every managed page must be free or quarantined, but for pages of

@@ -22,3 +22,6 @@ void cpa_set_thread_cpu_override(int cpu) { cpa_cpu_override = cpu; }
 int cpa_thread_cpu_override(void) { return cpa_cpu_override; }
 
 int cpa_errno(void) { return errno; }
+
+_Thread_local void *cpa_capture = 0;
+_Thread_local int cpa_in_compaction = 0;

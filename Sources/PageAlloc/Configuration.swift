@@ -179,6 +179,9 @@ extension PageAllocator {
     /// true on practically every x86-64 machine (16 MiB a CPU on the machine the fixtures
     /// come from, against 189 pages = 756 KiB for batch 63), hence the default.
     public var pcpFreeHighBatch: Bool = true
+    /// Compaction: direct compaction on or off, the proactive and extfrag sysctls, and the
+    /// background kcompactd thread (off by default).
+    public var compaction = CompactionConfiguration()
 
     public init(
       zones: [ZoneConfiguration], cpuCount: Int = 2, backing: Backing = .memfd,

@@ -47,12 +47,15 @@ public struct GFP: OptionSet, Hashable, Sendable, CustomStringConvertible {
   public static let write = GFP(rawValue: 1 << 12)
   /// `__GFP_NOWARN` (bit 13): no warn_alloc report on failure.
   public static let noWarn = GFP(rawValue: 1 << 13)
-  /// `__GFP_RETRY_MAYFAIL` (bit 14): accepted; with no reclaim or compaction there is
-  /// nothing to retry, so a request fails as soon as the free lists cannot serve it.
+  /// `__GFP_RETRY_MAYFAIL` (bit 14): accepted; with no reclaim there is no progress to
+  /// retry on, so a request fails once the free lists and direct compaction cannot serve it.
   public static let retryMayFail = GFP(rawValue: 1 << 14)
   /// `__GFP_NOFAIL` (bit 15): accepted; there is no reclaim to retry, so it cannot be honoured.
   public static let noFail = GFP(rawValue: 1 << 15)
-  /// `__GFP_NORETRY` (bit 16): accepted (every request is "no retry" here).
+  /// `__GFP_NORETRY` (bit 16): fail rather than retry. A costly request (order above 3)
+  /// gets no direct compaction unless ``thisNode`` or ``noFail`` is set too (the 2026 slow
+  /// path); a cheaper one gets the slow path's first compaction attempts, none at a raised
+  /// priority.
   public static let noRetry = GFP(rawValue: 1 << 16)
   /// `__GFP_MEMALLOC` (bit 17): when the watermarks refuse, the slow path tries once more
   /// ignoring them (ALLOC_NO_WATERMARKS), unless ``noMemalloc`` is set too.

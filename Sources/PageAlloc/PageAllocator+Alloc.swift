@@ -15,12 +15,14 @@ extension PageAllocator {
   /// claiming whole pageblocks, so DMA32's free pageblocks are used before Normal's are
   /// mixed), then the same walk without it, then against the min watermark less the
   /// reserves `.high` (GFP_ATOMIC) may use; `.memalloc` then ignores the watermarks.
-  /// PageAlloc has no reclaim and no compaction: a request that finds every zone below its
-  /// watermark, or no free block of the order, returns `nil` with a warn_alloc report
-  /// (unless `.noWarn`). A request that may reclaim (`.directReclaim`, as in `.kernel`)
-  /// first drains every CPU's pcp lists and tries the min-watermark walk once more, as the
-  /// kernel does after direct reclaim made progress but the retry still failed: reclaim
-  /// frees nothing here, but the pages on pcp lists are free memory all the same.
+  /// PageAlloc has no reclaim: a request that finds every zone below its watermark, or no
+  /// free block of the order, returns `nil` with a warn_alloc report (unless `.noWarn`). A
+  /// request that may reclaim (`.directReclaim`, as in `.kernel`) first drains every CPU's
+  /// pcp lists and tries the min-watermark walk once more, as the kernel does after direct
+  /// reclaim made progress but the retry still failed: reclaim frees nothing here, but the
+  /// pages on pcp lists are free memory all the same. One of order above 0 that may also do
+  /// I/O then compacts directly (moving movable blocks, ``MovablePageOwner``), and takes the
+  /// block compaction frees (page capture).
   ///
   /// - Complexity: O(1) from a per-CPU list; O(MAX_PAGE_ORDER) from the buddy, plus
   ///   O(2^order) for `.comp`, `.zero`, page poisoning and ``Configuration/checkPages``.
@@ -139,6 +141,7 @@ extension PageAllocator {
         return pfn
       }
     }
+    if _slowPath(order > 0), let pfn = allocPagesCompacting(order, gfp, frozen: frozen, mt, highest) { return pfn }
     reportAllocFailure(order, gfp)
     tracePageAlloc(nil, order, mt, gfp)
     return nil

@@ -105,7 +105,10 @@ extension PageAllocator {
     var pfn = pfnIn
     var order = orderIn
     let mt = mtIn
+    let capturing = captureArmed.load(ordering: .relaxed) != 0
     while order < PageGeometry.maxOrder {
+      // compaction_capture(): a direct compaction on this thread may take the block.
+      if _slowPath(capturing) && captureFreedBlock(z, pfn, order, mt) { return }
       let buddy = pfn ^ (1 &<< order)
       if !isBuddy(z, buddy, order) { break }
       var buddyMt = mt

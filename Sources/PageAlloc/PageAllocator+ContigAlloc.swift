@@ -1,6 +1,11 @@
+import CPageAllocShim
+import Glibc
+
 // Contiguous ranges: `alloc_contig_range()`, `alloc_contig_frozen_range()`,
-// `alloc_contig_pages()` and `alloc_contig_frozen_pages()`, with `test_pages_isolated()`
-// and `isolate_freepages_range()`. Isolation itself is in PageAllocator+Isolation.swift.
+// `alloc_contig_pages()` and `alloc_contig_frozen_pages()`, with `has_unmovable_pages()`,
+// `__alloc_contig_migrate_range()`, `test_pages_isolated()` and `isolate_freepages_range()`.
+// Isolation itself is in PageAllocator+Isolation.swift, migration in
+// PageAllocator+Migrate.swift.
 
 /// Why ``PageAllocator/allocContigRange(_:gfp:)`` failed.
 public enum ContigRangeError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -12,15 +17,49 @@ public enum ContigRangeError: Error, Equatable, Sendable, CustomStringConvertibl
   /// for ``PageAllocator/allocateContiguous(pages:gfp:)`` also `.comp` (a ``PageRun`` holds
   /// order-0 pages).
   case invalidGFP(GFP)
-  /// A page of the range is in use (allocated, quarantined or reserved), or a pageblock
-  /// is isolated by another caller (the kernel's -EBUSY). Nothing was changed.
-  case busy(PFN, reason: String)
+  /// A page of the range cannot be had: the first such pfn and why (the kernel's -EBUSY,
+  /// whose `test_pages_isolated` trace names the same pfn). Movable pages are migrated
+  /// out of the range first, so a busy page is one that cannot move. The free lists and
+  /// pageblock types are as they were (the pcp lists have been drained, and movable pages
+  /// may have moved).
+  case busy(PFN, reason: BusyReason)
   /// ``PageAllocator/allocateContiguous(pages:gfp:)``: a page count outside 1...2^32.
   case invalidCount(Int)
   /// ``PageAllocator/allocateContiguous(pages:gfp:)``: no range of that many pages starting
-  /// at a multiple of the count is free in the zones the flags allow (no migration or
-  /// compaction exists to make one).
+  /// at a multiple of the count holds only free and movable pages that could be had, in the
+  /// zones the flags allow.
   case noFreeRange(pages: Int, gfp: GFP)
+
+  /// Why a page made ``ContigRangeError/busy(_:reason:)``.
+  public enum BusyReason: Sendable, Hashable, CustomStringConvertible {
+    /// A pageblock of the range is isolated already (another contiguous allocation).
+    case pageblockIsolated
+    /// An unmovable page in use (no movable owner, reserved, quarantined), found when
+    /// the pageblocks were isolated (`has_unmovable_pages()`).
+    case unmovable
+    /// A movable page that did not migrate: pinned (an extra reference), refused by its
+    /// owner, or still failing after the 5 tries of `__alloc_contig_migrate_range()`.
+    case migrationFailed
+    /// A movable page that could not migrate because no free memory was left for its
+    /// new place (the kernel's -ENOMEM).
+    case noMigrationTarget
+    /// A page in use that isolation let through (a frozen page, the tail of a block whose
+    /// head lies before the range) or that was allocated meanwhile.
+    case inUse
+    /// Freed pages kept arriving on per-CPU lists during the attempt.
+    case perCPULists
+
+    public var description: String {
+      switch self {
+      case .pageblockIsolated: "a pageblock is isolated already"
+      case .unmovable: "unmovable page"
+      case .migrationFailed: "movable page not migrated (pinned, refused by its owner, or failing after 5 tries)"
+      case .noMigrationTarget: "no free memory to migrate a movable page to"
+      case .inUse: "page in use"
+      case .perCPULists: "pages keep arriving on per-CPU lists"
+      }
+    }
+  }
 
   public var description: String {
     switch self {
@@ -48,17 +87,22 @@ extension PageAllocator {
   /// ``freeContigRange(_:count:)`` (compound: ``freePages(_:order:)``).
   ///
   /// The pageblocks covering the range are isolated (set to Isolate, their free blocks
-  /// moved to the Isolate lists, a straddling larger buddy split), every pcp list is
-  /// drained, then every page of the range must be free: the free blocks covering it are
-  /// taken, and the over-isolated head `[outerStart, start)` and tail `[end, outerEnd)` of
-  /// those blocks are given back with ``freeContigFrozenRange(_:count:)`` (onto the Isolate
-  /// lists, since the blocks are still isolated). The isolation is always undone, free
-  /// blocks moving back to their pageblock's type and merging.
+  /// moved to the Isolate lists, a straddling larger buddy split), refused when the range
+  /// holds an unmovable page in use; every pcp list is drained; the movable pages of the
+  /// range (``MovablePageOwner``) are migrated out, synchronously, their bytes copied and
+  /// their owners told, each retried up to 5 times; then every page of the range must be
+  /// free: the free blocks covering it are taken, and the over-isolated head
+  /// `[outerStart, start)` and tail `[end, outerEnd)` of those blocks are given back with
+  /// ``freeContigFrozenRange(_:count:)`` (onto the Isolate lists, since the blocks are still
+  /// isolated). The isolation is always undone, free blocks moving back to their
+  /// pageblock's type and merging.
   ///
-  /// **No migration exists in PageAlloc**: where the kernel would migrate movable pages
-  /// out of the range, a page in use here makes the call throw
-  /// ``ContigRangeError/busy(_:reason:)``, after which the free lists and pageblock types
-  /// are as they were (the pcp lists have been drained, as the kernel drains them too).
+  /// A page that cannot move makes the call throw ``ContigRangeError/busy(_:reason:)``
+  /// with its pfn and the reason, after which the free lists and pageblock types are as
+  /// they were (the pcp lists have been drained, as the kernel drains them too; pages
+  /// migrated before the failure stay where they went). Migration has no reclaim to fall
+  /// back on: a page the kernel would drop from the page cache instead of moving must move
+  /// here.
   ///
   /// - Throws: ``ContigRangeError``.
   /// - Complexity: O(pages of the pageblocks covering the range).
@@ -77,8 +121,8 @@ extension PageAllocator {
   ///
   /// As the kernel, each zone is tried at pfns aligned to `count` (so a power-of-two count
   /// is naturally aligned), in steps of `count`, while the zone spans the candidate.
-  /// Candidates with a hole, a reserved page or (departure, since no migration exists) a
-  /// page visibly in use are skipped without isolating anything.
+  /// Candidates with a hole or a page in use that is not movable (`pfn_range_valid_contig()`)
+  /// are skipped without isolating anything; the movable pages of a candidate are migrated.
   public func allocContigPages(count: Int, gfp: GFP) -> PFN? {
     allocContigPagesInternal(count, gfp, frozen: false)
   }
@@ -116,8 +160,8 @@ extension PageAllocator {
     return nil
   }
 
-  /// `pfn_range_valid_contig()` plus a lock-free look for pages in use: present, one zone,
-  /// no reserved page, and every page inside a free block (buddy or pcp).
+  /// `pfn_range_valid_contig()`, lock-free: present, one zone, and every page inside a free
+  /// block (buddy or pcp) or a movable block (`page_is_unmovable()` false).
   func contigCandidateLooksFree(_ start: Int, _ count: Int) -> Bool {
     var p = start
     let end = start + count
@@ -128,10 +172,104 @@ extension PageAllocator {
         p = p & ~((1 &<< PG.order(w)) &- 1) &+ (1 &<< PG.order(w))
         continue
       }
+      if w & PG.movable != 0 {
+        p &+= 1 &<< PG.order(w)
+        continue
+      }
       guard let blk = freeBlockContaining(p) else { return false }
       p = blk.head &+ (1 &<< blk.order)
     }
     return true
+  }
+
+  /// `has_unmovable_pages()` over `[start, end)` of zone `zi` (`page_is_unmovable()` per
+  /// page): the first page in use that cannot move, or nil. Free pages (refcount 0) and
+  /// movable blocks pass; in ZONE_MOVABLE everything passes, as in the kernel (a page there
+  /// that cannot move is found after the migration instead).
+  func firstUnmovablePage(_ start: Int, _ end: Int, _ zi: Int) -> Int? {
+    if zones[zi].kind == .movable { return nil }
+    var p = start
+    while p < end {
+      let r = memMap.presentRecord(p)
+      let w = r.pointee.flags.load(ordering: .relaxed)
+      if w & (PG.reserved | PG.quarantined | PG.hwpoison) != 0 { return p }
+      if w & PG.head != 0 {
+        if w & PG.movable == 0 { return p }
+        p &+= 1 &<< PG.order(w)
+        continue
+      }
+      if r.pointee.refcount.load(ordering: .relaxed) == 0 {
+        p &+= w & PG.buddy != 0 ? 1 &<< PG.order(w) : 1
+        continue
+      }
+      if w & PG.movable == 0 { return p }
+      p &+= 1
+    }
+    return nil
+  }
+
+  /// `__alloc_contig_migrate_range()`: isolates the movable blocks of `[start, end)` 32
+  /// pages at a time and migrates them synchronously to ordinary allocations outside the
+  /// (isolated) range; a batch still failing after 5 tries gives up. Returns 0, -EBUSY or
+  /// -ENOMEM.
+  func migrateContigRange(_ zi: Int, _ start: Int, _ end: Int, _ gfp: GFP) -> Int {
+    asCompaction {
+      var targetGFP = gfp.intersection([.reclaim, .io, .fs]).union([.movable, .retryMayFail, .noWarn])
+      if zones[zi].kind == .movable { targetGFP.insert(.highmem) }
+      var cc = CompactControl(zi: zi, order: -1, gfp: targetGFP, mode: .sync, highestZoneKind: zones[zi].kind.rawValue)
+      cc.ignoreSkipHint = true
+      cc.noSetSkipHint = true
+      cc.allocContig = true
+      var targets = ContigTargets(gfp: targetGFP)
+      var pfn = start
+      var tries = 0
+      var ret = 0
+      while pfn < end || !cc.migratepages.isEmpty {
+        if cc.migratepages.isEmpty {
+          cc.nrMigratepages = 0
+          isolateMigratepagesRange(&cc, pfn, end)
+          pfn = cc.migratePfn
+          tries = 0
+        } else {
+          tries += 1
+          if tries == 5 {
+            ret = -Int(EBUSY)
+            break
+          }
+        }
+        if cc.migratepages.isEmpty { continue }
+        var list = cc.migratepages
+        cc.migratepages = []
+        var succeeded = 0
+        ret = migratePages(&list, &targets, mode: .sync, reason: .contigRange, succeeded: &succeeded)
+        cc.migratepages = list
+        cc.nrMigratepages = list.reduce(0) { $0 + (1 << $1.order) }
+        if ret == migrateNoMemory { break }
+      }
+      if ret < 0 { putbackMovablePages(&cc.migratepages) }
+      return ret < 0 ? ret : 0
+    }
+  }
+
+  /// `isolate_migratepages_range()`: pageblock by pageblock (the first and last may be
+  /// partial) until 32 pages are isolated or the range ends.
+  func isolateMigratepagesRange(_ cc: inout CompactControl, _ startPfn: Int, _ endPfn: Int) {
+    let z = zones + cc.zi
+    var pfn = startPfn
+    var blockStart = max(PageAllocator.pageblockStart(pfn), z.pointee.start)
+    var blockEnd = PageAllocator.pageblockEnd(pfn)
+    cc.migratePfn = startPfn
+    while pfn < endPfn {
+      let be = min(blockEnd, endPfn)
+      if pageblockValid(blockStart, be, cc.zi) {
+        isolateMigratepagesBlock(&cc, pfn, be)
+        if cc.nrMigratepages >= compactClusterMax { return }
+      }
+      pfn = blockEnd
+      blockStart = blockEnd
+      blockEnd += PageGeometry.pageblockPages
+    }
+    cc.migratePfn = max(cc.migratePfn, min(pfn, endPfn))
   }
 
   func allocContigRangeInternal(_ range: Range<PFN>, _ gfp: GFP, frozen: Bool) throws(ContigRangeError) {
@@ -166,11 +304,22 @@ extension PageAllocator {
       s = memMap.sectionEnd(s)
     }
 
-    // 1. start_isolate_page_range()
+    // 1. start_isolate_page_range(): refused when a pageblock is isolated already or the
+    // range holds a page that cannot move.
     z.pointee.lock.lock()
+    var pb = pbStart
+    while pb < pbEnd && !memMap.isIsolated(pb) { pb += PageGeometry.pageblockPages }
+    if pb < pbEnd {
+      z.pointee.lock.unlock()
+      throw .busy(PFN(max(pb, start)), reason: .pageblockIsolated)
+    }
+    if let p = firstUnmovablePage(start, end, zi) {
+      z.pointee.lock.unlock()
+      throw .busy(PFN(p), reason: .unmovable)
+    }
     let isolated = isolatePageblocksLocked(z, pbStart, pbEnd)
     z.pointee.lock.unlock()
-    guard isolated else { throw .busy(range.lowerBound, reason: "a pageblock is isolated already") }
+    guard isolated else { throw .busy(range.lowerBound, reason: .pageblockIsolated) }
     defer {
       // 9. undo_isolate_page_range(), always.
       z.pointee.lock.lock()
@@ -178,27 +327,39 @@ extension PageAllocator {
       z.pointee.lock.unlock()
     }
 
-    // 2. drain_all_pages(zone); then (no migration) test_pages_isolated() and
-    // isolate_freepages_range() in one zone-lock section. A page freed to a pcp list after
-    // the drain (its free raced the isolation) gets one more drain.
+    // 2. drain_all_pages(zone), 3. __alloc_contig_migrate_range(): its -EBUSY falls through
+    // to the test below, which names the pfn.
+    drainAllPages()
+    var migrateResult = 0
+    if rangeHasMovablePage(start, end) { migrateResult = migrateContigRange(zi, start, end, gfp) }
+
+    // 4. test_pages_isolated() and isolate_freepages_range() in one zone-lock section. A
+    // page freed to a pcp list after the drain (its free raced the isolation) gets one
+    // more drain.
     var outer: (start: Int, end: Int)? = nil
     var attempt = 0
     while true {
-      drainAllPages()
+      if attempt > 0 { drainAllPages() }
       z.pointee.lock.lock()
       let r = takeIsolatedRangeLocked(z, start, end)
       switch r {
       case .taken(let os, let oe):
         z.pointee.lock.unlock()
         outer = (os, oe)
+        traceCompaction(.testPagesIsolated, [os, end, end])
       case .onPcp:
         z.pointee.lock.unlock()
         attempt += 1
         if attempt < 3 { continue }
-        throw .busy(range.lowerBound, reason: "pages keep arriving on per-CPU lists")
+        throw .busy(range.lowerBound, reason: .perCPULists)
       case .busy(let p):
         z.pointee.lock.unlock()
-        throw .busy(PFN(p), reason: "page in use (PageAlloc has no migration)")
+        traceCompaction(.testPagesIsolated, [start, end, p])
+        let w = memMap.presentRecord(p).pointee.flags.load(ordering: .relaxed)
+        let movable = w & PG.movable != 0
+        throw .busy(
+          PFN(p),
+          reason: movable ? (migrateResult == migrateNoMemory ? .noMigrationTarget : .migrationFailed) : .inUse)
       }
       break
     }
@@ -241,6 +402,16 @@ extension PageAllocator {
     }
   }
 
+  /// Whether `[start, end)` holds a movable block (a quick look before migrating).
+  func rangeHasMovablePage(_ start: Int, _ end: Int) -> Bool {
+    var p = start
+    while p < end {
+      if memMap.presentRecord(p).pointee.flags.load(ordering: .relaxed) & PG.movable != 0 { return true }
+      p &+= 1
+    }
+    return false
+  }
+
   enum TakeResult {
     case taken(Int, Int)
     case onPcp
@@ -263,5 +434,25 @@ extension PageAllocator {
       delFromFreeList(z, b.pfn, b.order, memMap.freeListTypeRaw(b.pfn))
     }
     return .taken(blocks.first!.pfn, p)
+  }
+}
+
+/// The targets of `__alloc_contig_migrate_range()`: `alloc_migration_target()`, an ordinary
+/// movable allocation (compound for a compound source, without reclaim for large ones);
+/// unused targets are freed.
+struct ContigTargets: MigrationTargets {
+  let gfp: GFP
+
+  mutating func allocateTarget(_ a: PageAllocator, for source: IsolatedMovable) -> Int? {
+    var g = gfp
+    if source.order > 0 {
+      g.insert(.comp)
+      g.remove(.directReclaim)
+    }
+    return a.allocPages(order: source.order, gfp: g)?.value
+  }
+
+  mutating func releaseTarget(_ a: PageAllocator, _ pfn: Int, order: Int) {
+    a.freePages(PFN(pfn), order: order)
   }
 }

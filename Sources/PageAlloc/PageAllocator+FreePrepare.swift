@@ -116,6 +116,8 @@ extension PageAllocator {
     if order == 0 { return prepareOrder0(r, pfn, op) }
     tracePageFree(pfn, order)
     let w = r.pointee.flags.load(ordering: .relaxed)
+    // The last reference of a movable block: its owner's registration goes with it.
+    if _slowPath(w & PG.movableMask != 0) { dropMovable(pfn) }
     let headOK =
       w & (PG.checkAtFree | PG.freeMask | PG.tail | PG.hwpoison | PG.quarantined) == 0
       && r.pointee.refcount.load(ordering: .relaxed) == 0
@@ -301,6 +303,12 @@ extension PageAllocator {
   @usableFromInline @inline(never)
   func preparePageSlow(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ wIn: UInt32, _ op: String) -> Bool {
     var w = wIn
+    if w & PG.movableMask != 0 {
+      // The last reference of a movable page: its owner's registration goes with it.
+      dropMovable(pfn)
+      w &= ~PG.movableMask
+      r.pointee.flags.store(w, ordering: .relaxed)
+    }
     if w & PG.mlocked != 0 && w & (PG.freeMask | PG.quarantined) == 0 {
       mlockCleared.wrappingAdd(1, ordering: .relaxed)
       w &= ~PG.mlocked

@@ -128,9 +128,10 @@ extension PageAllocator {
   /// `try_to_claim_block()`: a block of pageblock order or more is taken whole, its
   /// pageblocks retyped to `startMt` and split onto `startMt`'s lists (no
   /// mm_page_alloc_zone_locked: the kernel does not go through `__rmqueue_smallest()`). A
-  /// smaller block claims its pageblock when at least half of it is free or "alike" (in
-  /// use, for an Unmovable or Reclaimable request falling back to a Movable block: PageAlloc
-  /// has no LRU, so no page in use counts as movable), then `__rmqueue_smallest()` serves
+  /// smaller block claims its pageblock when at least half of it is free or "alike" (for a
+  /// Movable request, the pages with movable owners; for an Unmovable or Reclaimable one
+  /// falling back to a Movable block, the pages in use without one: there is no LRU, so a
+  /// page counts as movable only when an owner registered it), then `__rmqueue_smallest()` serves
   /// the request from the retyped lists (and traces zone_locked). Watermark boosting is not
   /// modelled.
   @usableFromInline
@@ -149,14 +150,16 @@ extension PageAllocator {
       expand(z, pfn, order, current, startMt)
       return pfn
     }
-    // Count the free pages of the pageblock (prep_move_freepages_block). Pages in use
-    // are never counted as movable: PageAlloc has no LRU. A pageblock straddling the
-    // zone's edge is never claimed (prep_move_freepages_block() refuses it): re-typing
-    // it would strand the other zone's free blocks on lists of the old type.
+    // Count the free pages of the pageblock and the movable ones (prep_move_freepages_block:
+    // PageLRU or page_has_movable_ops; with no LRU, only pages with movable owners, whose
+    // compound tails count with their head). A pageblock straddling the zone's edge is
+    // never claimed (prep_move_freepages_block() refuses it): re-typing it would strand the
+    // other zone's free blocks on lists of the old type.
     let start = pfn & ~(PageGeometry.pageblockPages - 1)
     let end = start + PageGeometry.pageblockPages
     guard start >= z.pointee.start, end <= z.pointee.end else { return nil }
     var free = 0
+    var movable = 0
     var p = start
     while p < end {
       guard let r = memMap.record(p) else { p += 1; continue }
@@ -166,14 +169,15 @@ extension PageAllocator {
         free += 1 << o
         p += 1 << o
       } else {
+        if w & PG.movable != 0 { movable += w & PG.head != 0 ? 1 << PG.order(w) : 1 }
         p += 1
       }
     }
     var alike = 0
     if startMt == MigrateType.movable.rawValue {
-      alike = 0
+      alike = movable
     } else if blockMt == MigrateType.movable.rawValue {
-      alike = PageGeometry.pageblockPages - free
+      alike = PageGeometry.pageblockPages - free - movable
     }
     guard free + alike >= PageGeometry.pageblockPages / 2 else { return nil }
     // __move_freepages_block(): move every free block of the pageblock, then re-type it.

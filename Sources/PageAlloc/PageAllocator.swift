@@ -11,8 +11,9 @@ import Synchronization
 ///
 /// Pages are named by ``PFN``. Allocation returns the head pfn of a `2^order` block, or
 /// `nil` when the zones are below their watermark or out of blocks of that order: PageAlloc
-/// has **no reclaim and no compaction**, so a request the kernel would satisfy by reclaiming
-/// fails here. Frees go to a per-CPU list (orders 0-3 and 9) or to the zone's buddy free
+/// has **no reclaim**, so a request the kernel would satisfy by reclaiming fails here. It
+/// has compaction: a request of order above 0 that may reclaim compacts directly (moving
+/// the movable blocks their owners registered, ``MovablePageOwner``) before it fails. Frees go to a per-CPU list (orders 0-3 and 9) or to the zone's buddy free
 /// lists, merging with free buddies. The chunked free of the 2026 series
 /// (``freeContigRange(_:count:)``, ``freeContigFrozenRange(_:count:)``,
 /// ``freePagesBulk(_:)-([PFN])``) frees a range of order-0 pages as the largest aligned
@@ -59,6 +60,11 @@ public final class PageAllocator: @unchecked Sendable {
   @usableFromInline let faultsEnabled: Atomic<Bool>
   /// PageBlock and PageRun handles alive, counted in debug builds only (PageBlock.swift).
   @usableFromInline let liveHandles: Atomic<Int>
+  /// Compaction, migration and the movable-page owners (Internals/CompactionState.swift).
+  let compaction: CompactionState
+  /// Direct compactions with a capture control published, on any thread: while zero, the
+  /// buddy merge does not look for one (one relaxed load per free to the buddy).
+  @usableFromInline let captureArmed: Atomic<Int>
   /// Any memory-debugging step on (poisoning, page_owner, debug_pagealloc, init_on_alloc,
   /// init_on_free): the one branch the allocation and free paths test to reach the debug
   /// hooks (PageAllocator+DebugHooks.swift).
@@ -145,6 +151,9 @@ public final class PageAllocator: @unchecked Sendable {
     let layouts = c.zones.map { ZoneLayout($0, map) }
     zonelists = PageAllocator.makeZonelists(c.zones, populated: layouts.map { $0.present > 0 })
     zones = PageAllocator.makeZones(c.zones)
+    compaction = CompactionState(
+      zones: zones, count: c.zones.count, configuration: c.compaction, basePFN: memMap.basePFN, endPFN: memMap.endPFN)
+    captureArmed = Atomic(0)
     precondition(MemoryLayout<PerCPUPages>.size <= PageAllocator.pcpSlotBytes)
     pcpBase = .allocate(byteCount: PageAllocator.pcpStride * c.cpuCount * c.zones.count, alignment: 64)
     minFreeKbytes = c.minFreeKbytes ?? PageAllocator.bootMinFreeKbytes(c.zones, layouts)
@@ -152,9 +161,11 @@ public final class PageAllocator: @unchecked Sendable {
     freeAllMemory(layouts)
     setupWatermarks()
     setupPageSets()
+    if c.compaction.backgroundThread { startKcompactd() }
   }
 
   deinit {
+    stopKcompactd()
     checkNoLiveHandles()
     drainAllPages()
     for i in 0..<zoneCount {

@@ -13,6 +13,44 @@ public struct TraceEvent: Sendable, Hashable {
     /// A fallback to another migratetype's free list: a pageblock claimed or a block
     /// stolen (`__rmqueue_claim()`, `__rmqueue_steal()`).
     case pageAllocExtfrag = "mm_page_alloc_extfrag"
+    // Compaction and migration (trace/events/compaction.h, migrate.h, page_isolation.h):
+    // their numbers are in ``TraceEvent/values``, in the order each case lists.
+    /// `[start_pfn, end_pfn, nr_scanned, nr_taken]`
+    case compactionIsolateMigratepages = "mm_compaction_isolate_migratepages"
+    /// `[start_pfn, end_pfn, nr_scanned, nr_taken]`
+    case compactionIsolateFreepages = "mm_compaction_isolate_freepages"
+    /// `[nr_migrated, nr_failed]`
+    case compactionMigratepages = "mm_compaction_migratepages"
+    /// `[zone_start, migrate_pfn, free_pfn, zone_end, sync]`
+    case compactionBegin = "mm_compaction_begin"
+    /// `[zone_start, migrate_pfn, free_pfn, zone_end, sync, status]` (status: a
+    /// ``CompactionResult`` raw value)
+    case compactionEnd = "mm_compaction_end"
+    /// `[order, priority]`; the request's flags in ``TraceEvent/gfp``
+    case compactionTryToCompactPages = "mm_compaction_try_to_compact_pages"
+    /// `[zone kind, order, status]`
+    case compactionSuitable = "mm_compaction_suitable"
+    /// `[zone kind, order, status]`
+    case compactionFinished = "mm_compaction_finished"
+    /// `[zone kind, order, order_failed, considered, defer_shift]`
+    case compactionDeferred = "mm_compaction_deferred"
+    /// `[zone kind, order, order_failed, considered, defer_shift]`
+    case compactionDeferCompaction = "mm_compaction_defer_compaction"
+    /// `[zone kind, order, order_failed, considered, defer_shift]`
+    case compactionDeferReset = "mm_compaction_defer_reset"
+    /// `[nid]`
+    case compactionKcompactdSleep = "mm_compaction_kcompactd_sleep"
+    /// `[nid, order, highest zone kind]`
+    case compactionWakeupKcompactd = "mm_compaction_wakeup_kcompactd"
+    /// `[nid, order, highest zone kind]`
+    case compactionKcompactdWake = "mm_compaction_kcompactd_wake"
+    /// `[mode, reason]` (``MigrationMode`` and ``MigrateReason`` raw values)
+    case migratePagesStart = "mm_migrate_pages_start"
+    /// `[nr_succeeded, nr_failed, nr_thp_succeeded, nr_thp_failed, nr_thp_split, nr_split,
+    /// mode, reason]`
+    case migratePages = "mm_migrate_pages"
+    /// `[start_pfn, end_pfn, fin_pfn]`
+    case testPagesIsolated = "test_pages_isolated"
   }
   public var kind: Kind
   /// nil for a failed allocation (printed as page=0000000000000000 pfn=0x0).
@@ -31,10 +69,14 @@ public struct TraceEvent: Sendable, Hashable {
   /// mm_page_alloc_extfrag: whether the page's pageblock has the requested type once the
   /// fallback is done (true after a claim, false after a steal).
   public var changeOwnership: Bool
+  /// The numbers of a compaction or migration event, as its ``Kind`` case lists them
+  /// (empty for the page events).
+  public var values: [Int]
 
   public init(
     kind: Kind, pfn: PFN?, order: Int, migrateType: Int = 0, gfp: GFP = [], percpuRefill: Bool = false,
-    cpu: Int = 0, fallbackOrder: Int = 0, fallbackMigrateType: Int = 0, changeOwnership: Bool = false
+    cpu: Int = 0, fallbackOrder: Int = 0, fallbackMigrateType: Int = 0, changeOwnership: Bool = false,
+    values: [Int] = []
   ) {
     self.kind = kind
     self.pfn = pfn
@@ -46,6 +88,7 @@ public struct TraceEvent: Sendable, Hashable {
     self.fallbackOrder = fallbackOrder
     self.fallbackMigrateType = fallbackMigrateType
     self.changeOwnership = changeOwnership
+    self.values = values
   }
 
   /// The `page=%p` value: a stable stand-in for the kernel's hashed struct page pointer.
@@ -60,6 +103,7 @@ public struct TraceEvent: Sendable, Hashable {
 
   /// The event's TP_printk text, e.g. `mm_page_free: page=... pfn=0x1000 order=0`.
   public var formatted: String {
+    if let text = compactionText { return "\(kind.rawValue): " + text }
     let pfnText = "0x" + String(pfn?.value ?? 0, radix: 16)
     let head = "\(kind.rawValue): page=\(pagePointer) pfn=\(pfnText)"
     switch kind {
@@ -78,6 +122,8 @@ public struct TraceEvent: Sendable, Hashable {
       // TP_printk does; pageblock_order is printed as the constant it is.
       return
         "\(head) alloc_order=\(order) fallback_order=\(fallbackOrder) pageblock_order=\(PageGeometry.pageblockOrder) alloc_migratetype=\(migrateType) fallback_migratetype=\(fallbackMigrateType) fragmenting=\(fallbackOrder < PageGeometry.pageblockOrder ? 1 : 0) change_ownership=\(changeOwnership ? 1 : 0)"
+    default:
+      return head
     }
   }
 

@@ -103,6 +103,7 @@ public enum BenchRegistry {
     .traceOverhead,
     .debug,
     .vmalloc,
+    .compaction,
   ]
 
   /// The suite called `name`, or nil.

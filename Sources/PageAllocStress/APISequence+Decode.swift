@@ -32,6 +32,12 @@ extension APISequence {
     .kernel, [.kernel, .comp], [.kernel, .dma], [.kernel, .noWarn], .highUserMovable, .atomic,
   ]
 
+  /// The flag sets of decoded movable allocations (the last is no movable allocation and
+  /// makes no call).
+  static let decodedMovableGFPs: [GFP] = [
+    .highUserMovable, [.highUserMovable, .noWarn], [.kernel, .movable], [.highUserMovable, .zero], .kernel,
+  ]
+
   static let decodedFlags: [PageFlags] = [.locked, .reserved, .hwpoison, .lru, .private, .writeback, .mlocked]
 
   /// Decodes one op from `r`: a selector byte, then the op's arguments. With `hostile`
@@ -42,7 +48,7 @@ extension APISequence {
     func gfp() -> GFP { Self.decodedGFPs[r.u8() % Self.decodedGFPs.count] }
     func way() -> FreeWay { FreeWay(rawValue: r.u8() % FreeWay.allCases.count)! }
     func pfn() -> PFN { PFN(r.u16() % (span + span / 4) - span / 16) }
-    switch r.u8() % (hostile ? 26 : 17) {
+    switch r.u8() % (hostile ? 28 : 19) {
     case 0, 1: return .alloc(order: r.u8() % (PageGeometry.maxOrder + 2), gfp: gfp(), frozen: false)
     case 2: return .alloc(order: r.u8() % (PageGeometry.maxOrder + 1), gfp: gfp(), frozen: true)
     case 3, 4: return .free(pick: r.u8(), way: way(), choice: UInt64(r.u16()))
@@ -65,14 +71,26 @@ extension APISequence {
     case 14: return .speculativeGet(pick: r.u8())
     case 15: return .freeScattered(phase: r.u8(), choice: UInt64(r.u8()))
     case 16: return .setCPU(r.u8() % 2)
-    case 17: return .hostile(.freePages(pfn(), order: r.u8() % 14 - 1))
-    case 18: return .hostile(.freeContigRange(pfn(), count: r.u16() % 3000))
-    case 19: return .hostile(.putPage(pfn()))
-    case 20: return .hostile(.getPage(pfn()))
-    case 21: return .hostile(.freeFrozenPages(pfn(), order: r.u8() % 12))
-    case 22: return .hostile(.freeContigFrozenRange(pfn(), count: r.u16() % 3000))
-    case 23: return .hostile(.splitPage(pfn(), order: r.u8() % 12))
-    case 24:
+    case 17:
+      let g = Self.decodedMovableGFPs[r.u8() % Self.decodedMovableGFPs.count]
+      // Mostly order 0, as movable pages mostly are.
+      let o = r.u8()
+      return .allocMovable(order: o < 160 ? 0 : o % (PageGeometry.maxOrder + 1), gfp: g)
+    case 18:
+      switch r.u8() % 8 {
+      case 0, 1, 2: return .compact(.zone(order: 1 + r.u8() % PageGeometry.maxOrder))
+      case 3, 4: return .compact(.all)
+      case 5, 6: return .compact(.proactive)
+      default: return .compact(.kcompactd)
+      }
+    case 19: return .hostile(.freePages(pfn(), order: r.u8() % 14 - 1))
+    case 20: return .hostile(.freeContigRange(pfn(), count: r.u16() % 3000))
+    case 21: return .hostile(.putPage(pfn()))
+    case 22: return .hostile(.getPage(pfn()))
+    case 23: return .hostile(.freeFrozenPages(pfn(), order: r.u8() % 12))
+    case 24: return .hostile(.freeContigFrozenRange(pfn(), count: r.u16() % 3000))
+    case 25: return .hostile(.splitPage(pfn(), order: r.u8() % 12))
+    case 26:
       let f = Self.decodedFlags[r.u8() % Self.decodedFlags.count]
       return .corrupt(pick: r.u8(), page: r.u8(), flags: f, way: way())
     default:

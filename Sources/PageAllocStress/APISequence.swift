@@ -12,6 +12,12 @@ import _PageAllocUtilities
 /// two allocators in the same state pick the same pages. An op that fits nothing held
 /// makes no call (``Step/call`` is nil).
 ///
+/// Movable blocks (``Op/allocMovable(order:gfp:)``) are held through the driver's
+/// `MovablePageTable` (``movable``), which follows them when compaction
+/// (``Op/compact(_:)``), a contiguous range or a direct compaction moves them; each holds a
+/// byte pattern (with memory behind the pages) checked when it is freed
+/// (``patternFailures``).
+///
 /// ``Op/hostile(_:)`` and ``Op/corrupt(pick:page:flags:way:)`` are the deliberate misuse
 /// the fuzzer adds; the model never relies on them. ``releaseAll()`` frees everything held
 /// in the well-behaved way, after which (and a drain) every managed page is free or
@@ -41,6 +47,12 @@ package struct APISequence {
     case freePagesBulk
     case drain
     case setCPU
+    case allocMovable
+    case freeMovable
+    case compactZone
+    case compactAll
+    case compactProactive
+    case kcompactd
     case hostile
     case corrupt
 
@@ -69,6 +81,12 @@ package struct APISequence {
       case .freePagesBulk: "free-pages-bulk"
       case .drain: "drain"
       case .setCPU: "set-cpu"
+      case .allocMovable: "alloc-movable"
+      case .freeMovable: "free-movable"
+      case .compactZone: "compact-zone"
+      case .compactAll: "compact-all"
+      case .compactProactive: "compact-proactive"
+      case .kcompactd: "kcompactd"
       case .hostile: "hostile"
       case .corrupt: "corrupt"
       }
@@ -126,6 +144,18 @@ package struct APISequence {
     case freePagesBulk([PFN])
   }
 
+  /// The compaction an ``Op/compact(_:)`` runs.
+  package enum Compaction: Hashable, Sendable {
+    /// `compactZone(order:)`.
+    case zone(order: Int)
+    /// `compactAll()`.
+    case all
+    /// `compactProactively()`.
+    case proactive
+    /// `runKcompactd(timedOut: false)`: the work failed allocations woke it for.
+    case kcompactd
+  }
+
   package enum Op: Hashable, Sendable {
     /// `allocPages` / `allocFrozenPages`.
     case alloc(order: Int, gfp: GFP, frozen: Bool)
@@ -161,6 +191,11 @@ package struct APISequence {
     case drain
     /// `PageAllocator.setThreadCPU`: which per-CPU page set this thread's calls use.
     case setCPU(Int?)
+    /// A movable block with an owner (`MovablePageTable.allocate(order:gfp:)`), holding a
+    /// pattern. `gfp` without `.movable` makes no call.
+    case allocMovable(order: Int, gfp: GFP)
+    /// A compaction; it may move any movable block, this driver's or another's.
+    case compact(Compaction)
     case hostile(Hostile)
     /// A held page given a bad state (`setPageFlags`), then its item freed: `bad_page`.
     case corrupt(pick: Int, page: Int, flags: PageFlags, way: FreeWay)
@@ -187,6 +222,15 @@ package struct APISequence {
 
   package let allocator: PageAllocator
   package private(set) var held = HeldSet()
+  /// The owner of this driver's movable blocks.
+  package let movable: MovablePageTable
+  /// Movable blocks whose pattern was not intact when they were freed (0 when migration
+  /// carries every byte along).
+  package private(set) var patternFailures = 0
+  /// Movable blocks whose pattern was checked.
+  package private(set) var patternsChecked = 0
+  /// Told apart from other drivers' patterns.
+  let salt: UInt64
   /// The pages of every held item a hostile call reached (a pfn in the item, for a range
   /// any overlap), and of every later allocation that got one of those pages back. The
   /// caller broke those allocations itself, so after ``releaseAll()`` the allocator owes
@@ -198,6 +242,36 @@ package struct APISequence {
 
   package init(_ allocator: PageAllocator) {
     self.allocator = allocator
+    movable = MovablePageTable(allocator: allocator)
+    salt = UInt64(UInt(bitPattern: ObjectIdentifier(movable).hashValue)) &* 0x9E37_79B9_7F4A_7C15
+  }
+
+  /// The pattern word of page `page` of movable block `id`.
+  func patternWord(_ id: Int, _ page: Int) -> UInt64 {
+    (salt ^ UInt64(truncatingIfNeeded: id)) &* 0xBF58_476D_1CE4_E5B9 &+ UInt64(truncatingIfNeeded: page)
+  }
+
+  /// Writes (`write`) or checks the pattern of movable block `id` through the table's
+  /// pinned accessor: the first and last word of each page. True when intact (or when the
+  /// allocator has no memory).
+  func pattern(_ id: Int, write: Bool) -> Bool {
+    movable.withPage(MovablePageTable.Handle(id: id)) { _, bytes in
+      guard let bytes else { return true }
+      for page in 0..<(bytes.count / PageGeometry.pageSize) {
+        let w = patternWord(id, page)
+        let first = page * PageGeometry.pageSize
+        let last = first + PageGeometry.pageSize - 8
+        if write {
+          bytes.storeBytes(of: w, toByteOffset: first, as: UInt64.self)
+          bytes.storeBytes(of: ~w, toByteOffset: last, as: UInt64.self)
+        } else if bytes.load(fromByteOffset: first, as: UInt64.self) != w
+          || bytes.load(fromByteOffset: last, as: UInt64.self) != ~w
+        {
+          return false
+        }
+      }
+      return true
+    } ?? false
   }
 
   // MARK: - Steps
@@ -242,7 +316,8 @@ package struct APISequence {
       return Step(.split)
 
     case .getPut(let pick, let page):
-      guard let i = held.index(pick), !held[i].isFrozen else { return Step(nil) }
+      // A movable block may move under a pfn read a moment before: not for get/put.
+      guard let i = held.index(pick), !held[i].isFrozen, !held[i].isMovable else { return Step(nil) }
       let q: PFN
       if case .block(let p, _, _, _) = held[i] { q = p } else { q = held[i].orderZeroPage(page)! }
       a.getPage(q)
@@ -323,6 +398,29 @@ package struct APISequence {
       PageAllocator.setThreadCPU(cpu)
       return Step(.setCPU)
 
+    case .allocMovable(let order, let gfp):
+      guard gfp.contains(.movable), (0...PageGeometry.maxOrder).contains(order) else { return Step(nil) }
+      guard let h = movable.allocate(order: order, gfp: gfp) else { return Step(.allocMovable, .failed) }
+      _ = pattern(h.id, write: true)
+      hold(.movable(id: h.id, order: order))
+      return Step(.allocMovable)
+
+    case .compact(let c):
+      switch c {
+      case .zone(let order):
+        a.compactZone(order: min(max(order, 1), PageGeometry.maxOrder))
+        return Step(.compactZone)
+      case .all:
+        a.compactAll()
+        return Step(.compactAll)
+      case .proactive:
+        a.compactProactively()
+        return Step(.compactProactive)
+      case .kcompactd:
+        a.runKcompactd(timedOut: false)
+        return Step(.kcompactd)
+      }
+
     case .hostile(let h):
       hostile(h)
       return Step(.hostile)
@@ -333,6 +431,9 @@ package struct APISequence {
       let q: PFN
       switch h {
       case .block(let p, let o, _, _): q = p + page.modulo(1 << o)
+      case .movable(let id, let o):
+        guard let p = movable.pfn(of: MovablePageTable.Handle(id: id)) else { return Step(nil) }
+        q = p + page.modulo(1 << o)
       default: q = h.orderZeroPage(page)!
       }
       a.setPageFlags(q, flags)
@@ -406,6 +507,12 @@ package struct APISequence {
       if !frozen { held.keepReferenced(freed) }
       return call
 
+    case .movable(let id, _):
+      patternsChecked += 1
+      if !pattern(id, write: false) { patternFailures += 1 }
+      movable.free(MovablePageTable.Handle(id: id))
+      return .freeMovable
+
     case .pages(var ps):
       let call: Call
       switch way {
@@ -462,21 +569,37 @@ package struct APISequence {
   /// item's release then frees them: a new item with a damaged page is damaged whole.
   mutating func hold(_ h: Held) {
     held.append(h)
-    if !damagedPages.isEmpty && Self.pages(of: h).contains(where: { damagedPages.contains($0) }) {
-      damagedPages.formUnion(Self.pages(of: h))
+    if !damagedPages.isEmpty && pages(of: h).contains(where: { damagedPages.contains($0) }) {
+      damagedPages.formUnion(pages(of: h))
     }
   }
 
-  static func pages(of h: Held) -> [PFN] {
+  /// The pages of a held item; a movable block's where its table has it now.
+  package func pages(of h: Held) -> [PFN] {
     switch h {
     case .block(let p, let o, _, _): Array(p..<(p + (1 << o)))
     case .run(let p, let n, _): Array(p..<(p + n))
     case .pages(let ps): ps
+    case .movable(let id, let o):
+      movable.pfn(of: MovablePageTable.Handle(id: id)).map { Array($0..<($0 + (1 << o))) } ?? []
     }
+  }
+
+  /// Every page in use because of what is held, ascending (movable blocks where they are).
+  package func allocatedPFNs() -> [PFN] {
+    held.allocatedPFNs { self.movable.pfn(of: MovablePageTable.Handle(id: $0)) }
   }
 
   /// Records the pages of every held item with a page in `range` as damaged.
   mutating func damage(_ range: Range<PFN>) {
-    for h in held.items where HeldSet.overlaps(h, range) { damagedPages.formUnion(Self.pages(of: h)) }
+    for h in held.items {
+      let hit: Bool
+      if case .movable = h {
+        hit = pages(of: h).contains { range.contains($0) }
+      } else {
+        hit = HeldSet.overlaps(h, range)
+      }
+      if hit { damagedPages.formUnion(pages(of: h)) }
+    }
   }
 }

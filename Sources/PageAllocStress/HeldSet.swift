@@ -10,10 +10,14 @@ package enum Held: Hashable, Sendable {
   case run(PFN, count: Int, frozen: Bool)
   /// Order-0 pages with refcount 1 in the order `allocPagesBulk` returned them.
   case pages([PFN])
+  /// A movable block of `2^order` pages (compound above order 0) held through the
+  /// driver's `MovablePageTable` under handle `id`: compaction may move it, so its pfn is
+  /// asked from the table (``APISequence/pages(of:)``), never kept here.
+  case movable(id: Int, order: Int)
 
   package var pageCount: Int {
     switch self {
-    case .block(_, let o, _, _): 1 << o
+    case .block(_, let o, _, _), .movable(_, let o): 1 << o
     case .run(_, let n, _): n
     case .pages(let p): p.count
     }
@@ -22,16 +26,24 @@ package enum Held: Hashable, Sendable {
   package var isFrozen: Bool {
     switch self {
     case .block(_, _, let f, _), .run(_, _, let f): f
-    case .pages: false
+    case .pages, .movable: false
     }
   }
 
-  /// Whether the item covers `pfn` (any page of a block, tails included).
+  /// Whether the item is a movable block.
+  package var isMovable: Bool {
+    if case .movable = self { return true }
+    return false
+  }
+
+  /// Whether the item covers `pfn` (any page of a block, tails included). Never for a
+  /// movable block, whose pages only its table knows.
   package func covers(_ pfn: PFN) -> Bool {
     switch self {
     case .block(let p, let o, _, _): p <= pfn && pfn < p + (1 << o)
     case .run(let p, let n, _): p <= pfn && pfn < p + n
     case .pages(let ps): ps.contains(pfn)
+    case .movable: false
     }
   }
 
@@ -39,7 +51,7 @@ package enum Held: Hashable, Sendable {
   /// page count); nil for a block, whose tails are not pages of their own.
   package func orderZeroPage(_ index: Int) -> PFN? {
     switch self {
-    case .block: nil
+    case .block, .movable: nil
     case .run(let p, let n, _): p + index.modulo(n)
     case .pages(let ps): ps[index.modulo(ps.count)]
     }
@@ -127,6 +139,7 @@ package struct HeldSet: Hashable, Sendable {
     case .block(let p, let o, _, _): return p < range.upperBound && range.lowerBound < p + (1 << o)
     case .run(let p, let n, _): return p < range.upperBound && range.lowerBound < p + n
     case .pages(let ps): return ps.contains { range.contains($0) }
+    case .movable: return false
     }
   }
 
@@ -182,8 +195,9 @@ package struct HeldSet: Hashable, Sendable {
     pageCount -= gone.count
   }
 
-  /// Every page in use because of what is held, ascending.
-  package func allocatedPFNs() -> [PFN] {
+  /// Every page in use because of what is held, ascending; a movable block's pages come
+  /// from `movable(id)`, its table's pfn now.
+  package func allocatedPFNs(movable: (Int) -> PFN? = { _ in nil }) -> [PFN] {
     var out: [PFN] = []
     out.reserveCapacity(pageCount)
     for h in items {
@@ -191,6 +205,8 @@ package struct HeldSet: Hashable, Sendable {
       case .block(let p, let o, _, _): for i in 0..<(1 << o) { out.append(p + i) }
       case .run(let p, let n, _): for i in 0..<n { out.append(p + i) }
       case .pages(let ps): out.append(contentsOf: ps)
+      case .movable(let id, let o):
+        if let p = movable(id) { for i in 0..<(1 << o) { out.append(p + i) } }
       }
     }
     return out.sorted()

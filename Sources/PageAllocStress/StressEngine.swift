@@ -80,7 +80,7 @@ public struct StressSummary: Sendable, CustomStringConvertible {
   public var allocationFailures: Int
   /// Failures injected by fault injection.
   public var failuresInjected: Int
-  /// `allocContigRange` calls that threw busy (expected: no migration).
+  /// `allocContigRange` calls that threw busy (a page in the range that cannot move).
   public var contigBusy: Int
   public var verifications: Int
   /// Deliberate bad frees performed, and how many of them produced a report.
@@ -102,6 +102,12 @@ public struct StressSummary: Sendable, CustomStringConvertible {
   public var verifyError: String?
   /// What each extension reported (its failures fail the run).
   public var extensionReports: [StressExtensionReport] = []
+  /// Movable blocks whose byte pattern was checked when freed, and those found changed
+  /// (any fails the run: a migration lost bytes).
+  public var movablePatternsChecked = 0
+  public var movablePatternFailures = 0
+  /// The allocator's migration and compaction events at the end.
+  public var compaction = CompactionStatistics()
   /// With page_owner: `page_owner_sort --cull=stacktrace` of the pages held when the
   /// workers stopped, and the leak report after they gave everything back (quarantined
   /// pages stay held, as the kernel leaks them).
@@ -116,6 +122,7 @@ public struct StressSummary: Sendable, CustomStringConvertible {
   public var passed: Bool {
     verifyError == nil && unexpectedBadPages == 0 && pagesLeaked == 0 && badFreesCaught == badFreesInjected
       && badFreeReports == badFreesInjected && extensionReports.allSatisfy(\.failures.isEmpty)
+      && movablePatternFailures == 0 && compaction.compactStall == compaction.compactSuccess + compaction.compactFail
   }
 
   /// Everything but the timing: equal for two single-thread runs with the same seed.
@@ -125,7 +132,8 @@ public struct StressSummary: Sendable, CustomStringConvertible {
       "\(allocationFailures)", "\(failuresInjected)", "\(contigBusy)", "\(verifications)",
       "\(badFreesInjected)", "\(badFreesCaught)", "\(badFreeReports)", "\(badFreesByKind.sorted { $0.key < $1.key })",
       "\(badPages)",
-      "\(quarantinedPages)", "\(pagesLeaked)", "\(stateChecksum)",
+      "\(quarantinedPages)", "\(pagesLeaked)", "\(stateChecksum)", "\(movablePatternsChecked)",
+      "\(movablePatternFailures)", "\(compaction)",
     ] + extensionReports.map(\.formatted)
   }
 
@@ -145,6 +153,10 @@ public struct StressSummary: Sendable, CustomStringConvertible {
     s += "\n"
     s += "bad pages \(badPages) (unexpected \(unexpectedBadPages)), quarantined \(quarantinedPages)\n"
     s += "pages leaked \(pagesLeaked)\n"
+    let c = compaction
+    s +=
+      "migration: \(c.pgmigrateSuccess) pages migrated, \(c.pgmigrateFail) failed; compaction: \(c.compactStall) direct (\(c.compactSuccess) succeeded, \(c.compactFail) failed), \(c.compactMigrateScanned) + \(c.compactFreeScanned) pfns scanned\n"
+    s += "movable patterns checked \(movablePatternsChecked), changed \(movablePatternFailures)\n"
     for r in extensionReports { s += r.formatted + "\n" }
     s += "state checksum \(String(stateChecksum, radix: 16))\n"
     s += passed ? "PASS" : "FAIL"
@@ -159,8 +171,11 @@ public struct StressSummary: Sendable, CustomStringConvertible {
 /// migratetypes, atomic), `freePages`, `putPage`, `freeFrozenPages`, `splitPage`,
 /// `getPage`/`putPage` (including the speculative-reference free of lib/test_free_pages.c),
 /// `freeContigRange` of whole and partial runs, `freeContigFrozenRange`, `allocPagesBulk` /
-/// `freePagesBulk` (sorted and shuffled), `allocContigPages` / `allocContigRange`,
-/// `drainAllPages`, plus any ``StressExtension``. Allocation failures are injected with
+/// `freePagesBulk` (sorted and shuffled), `allocContigPages` / `allocContigRange` (which
+/// migrate movable pages out of their way), movable blocks with owners holding byte
+/// patterns, compaction (`compactZone`, `compactAll`, `compactProactively`, kcompactd's
+/// round) that may move any worker's movable blocks, `drainAllPages`, plus any
+/// ``StressExtension``. Allocation failures are injected with
 /// `FaultInjection`. With ``StressConfiguration/badFreeRate`` it also frees deliberately
 /// wrong (see ``StressEngine/BadFree``) and checks each one is reported.
 public enum StressEngine {
@@ -270,6 +285,11 @@ public enum StressEngine {
       case 0..<30 where !overBudget:
         let order = randomOrder()
         var gfp = randomGFP(order: order)
+        if gfp.contains(.movable) && rng.chance(0.5) {
+          // A movable block with an owner: compaction and contiguous ranges may move it.
+          run(.allocMovable(order: order, gfp: gfp))
+          return
+        }
         let frozen = rng.chance(0.15)
         if frozen { gfp.remove(.zero) }
         run(.alloc(order: order, gfp: gfp, frozen: frozen))
@@ -287,7 +307,8 @@ public enum StressEngine {
       case 51..<53 where !overBudget:
         let frozen = rng.chance(0.3)
         if rng.chance(0.2) {
-          // A range chosen at random: usually busy (no migration).
+          // A range chosen at random: its movable pages migrate, an unmovable one makes
+          // it busy.
           let n = 1 + rng.below(1024)
           let start = PFN(rng.below(a.pfnSpan.upperBound.value))
           run(.allocContigRange(start..<(start + n), gfp: .kernel, frozen: frozen))
@@ -296,7 +317,16 @@ public enum StressEngine {
           run(.allocContig(count: n, gfp: [.kernel, .noWarn], frozen: frozen))
         }
       case 53:
-        run(.drain)
+        if rng.chance(0.9) {
+          run(.drain)
+        } else {
+          switch rng.below(10) {
+          case 0..<6: run(.compact(.zone(order: 1 + rng.below(PageGeometry.maxOrder))))
+          case 6: run(.compact(.all))
+          case 7, 8: run(.compact(.proactive))
+          default: run(.compact(.kcompactd))
+          }
+        }
       default:
         freeOne()
       }
@@ -499,8 +529,11 @@ public enum StressEngine {
       guard let w = workers[t] else { continue }
       PageAllocator.setThreadCPU(t % max(n, 2))
       w.sequence.releaseAll()
+      summary.movablePatternsChecked += w.sequence.patternsChecked
+      summary.movablePatternFailures += w.sequence.patternFailures
       for e in extensions { e.finish(a, thread: t) }
     }
+    summary.compaction = a.compactionStatistics()
     summary.extensionReports = prepareFailures + extensions.map { $0.report() }
     PageAllocator.setThreadCPU(nil)
     a.drainAllPages()

@@ -8,10 +8,13 @@ import _PageAllocUtilities
 ///
 /// - vmalloc: 1...600 pages (mostly small), half of the sizes not a multiple of the page
 ///   size; one in five with a start alignment of 4 KiB...2 MiB (checked), one in four with
-///   `.zero` (checked zero through the vmalloc address before anything is written). A pattern
-///   is written through the vmalloc address (the first and last word of every page) and read
-///   back through `PageAllocator.address(of:)` of each page from `VMalloc.pages(of:)`
-///   before the area is freed, by either `VMalloc.FreePath`.
+///   `.zero` (checked zero through the vmalloc address before anything is written), three in
+///   ten movable (`.highUserMovable`: compaction and contiguous ranges may migrate their
+///   pages). A pattern is written through the vmalloc address (the first and last word of
+///   every page) and read back through `PageAllocator.address(of:)` of each page the area
+///   has, before the area is freed, by either `VMalloc.FreePath`. Every access to an area's
+///   bytes runs inside `VMalloc.withPinnedArea(_:_:)`, which keeps a movable area's pages
+///   in place for its duration.
 /// - vmap: 1...64 pages the worker allocated (order-0 pages and split order-1...3 blocks,
 ///   sometimes shuffled), a pattern written through `address(of:)` checked through the vmap
 ///   address, a second one written through the vmap address checked through `address(of:)`
@@ -55,13 +58,13 @@ public final class VMallocStressExtension: StressExtension, @unchecked Sendable 
   struct Counts {
     var vmalloc = 0, vmallocFailed = 0, vzalloc = 0, aligned = 0, oddSize = 0
     var vfreeBulk = 0, vfreePerPage = 0, vmap = 0, vmapFailed = 0, vunmap = 0
-    var checks = 0, pagesChecked = 0, failures = 0, pagesMapped = 0
+    var checks = 0, pagesChecked = 0, failures = 0, pagesMapped = 0, movable = 0
 
     mutating func add(_ o: Counts) {
       vmalloc += o.vmalloc; vmallocFailed += o.vmallocFailed; vzalloc += o.vzalloc; aligned += o.aligned
       oddSize += o.oddSize; vfreeBulk += o.vfreeBulk; vfreePerPage += o.vfreePerPage; vmap += o.vmap
       vmapFailed += o.vmapFailed; vunmap += o.vunmap; checks += o.checks; pagesChecked += o.pagesChecked
-      failures += o.failures; pagesMapped += o.pagesMapped
+      failures += o.failures; pagesMapped += o.pagesMapped; movable += o.movable
     }
 
     var dictionary: [String: Int] {
@@ -69,7 +72,7 @@ public final class VMallocStressExtension: StressExtension, @unchecked Sendable 
         "vmalloc": vmalloc, "vmalloc-failed": vmallocFailed, "vzalloc": vzalloc, "aligned": aligned,
         "odd-size": oddSize, "vfree-bulk": vfreeBulk, "vfree-per-page": vfreePerPage, "vmap": vmap,
         "vmap-failed": vmapFailed, "vunmap": vunmap, "checks": checks, "pages-checked": pagesChecked,
-        "failures": failures, "pages-mapped": pagesMapped,
+        "failures": failures, "pages-mapped": pagesMapped, "movable": movable,
       ]
     }
   }
@@ -186,6 +189,7 @@ public final class VMallocStressExtension: StressExtension, @unchecked Sendable 
     }
     s.counts.vmalloc += 1
     s.counts.pagesMapped += n
+    if gfp.contains(.movable) { s.counts.movable += 1 }
     if zero { s.counts.vzalloc += 1 }
     if odd { s.counts.oddSize += 1 }
     if align > PageGeometry.pageSize {
@@ -193,57 +197,61 @@ public final class VMallocStressExtension: StressExtension, @unchecked Sendable 
       if UInt(bitPattern: p) % UInt(align) != 0 { fail(s, "vmalloc(\(size), align \(align)) returned \(p)") }
     }
     let last = PageGeometry.pageSize - 8
-    if zero {
-      let probe = 8 * r.below(PageGeometry.pageSize / 8)
-      for i in 0..<n {
-        let page = p + i &* PageGeometry.pageSize
-        let z0 = page.load(as: UInt64.self)
-        let z1 = page.load(fromByteOffset: last, as: UInt64.self)
-        let z2 = page.load(fromByteOffset: probe, as: UInt64.self)
-        if z0 | z1 | z2 != 0 {
-          fail(s, "vzalloc(\(size)): page \(i) of \(n) not zero through the vmalloc address")
-          break
+    let probe = 8 * r.below(PageGeometry.pageSize / 8)
+    let pinned: Void? = vm.withPinnedArea(p) { bytes, _ in
+      let p = bytes.baseAddress!
+      if zero {
+        for i in 0..<n {
+          let page = p + i &* PageGeometry.pageSize
+          let z0 = page.load(as: UInt64.self)
+          let z1 = page.load(fromByteOffset: last, as: UInt64.self)
+          let z2 = page.load(fromByteOffset: probe, as: UInt64.self)
+          if z0 | z1 | z2 != 0 {
+            fail(s, "vzalloc(\(size)): page \(i) of \(n) not zero through the vmalloc address")
+            break
+          }
         }
       }
+      for i in 0..<n {
+        let page = p + i &* PageGeometry.pageSize
+        let w = VMallocStressExtension.word(tag, i)
+        page.storeBytes(of: w, as: UInt64.self)
+        page.storeBytes(of: ~w, toByteOffset: last, as: UInt64.self)
+      }
     }
-    for i in 0..<n {
-      let page = p + i &* PageGeometry.pageSize
-      let w = VMallocStressExtension.word(tag, i)
-      page.storeBytes(of: w, as: UInt64.self)
-      page.storeBytes(of: ~w, toByteOffset: last, as: UInt64.self)
-    }
+    if pinned == nil { fail(s, "withPinnedArea(\(p)) does not know the area vmalloc just returned") }
     s.vmallocs.append(VArea(address: p, size: size, pageCount: n, tag: tag))
     s.livePages += n
   }
 
-  /// Reads a vmalloc area's pattern back through each page's allocator address.
+  /// Reads a vmalloc area's pattern back through each page's allocator address, with the
+  /// area pinned (its pages may move between two checks, not during one).
   func check(_ v: VArea, _ vm: VMalloc, _ a: PageAllocator, _ s: ThreadState) {
-    guard let pages = vm.pages(of: v.address) else {
-      fail(s, "vmalloc area \(v.address) of \(v.pageCount) pages unknown to VMalloc.pages(of:)")
-      return
-    }
-    guard pages.count == v.pageCount else {
-      fail(s, "vmalloc(\(v.size)) has \(pages.count) pages, expected \(v.pageCount)")
-      return
-    }
-    let last = PageGeometry.pageSize - 8
-    for i in 0..<pages.count {
-      guard let q = a.address(of: pages[i]) else {
-        fail(s, "no address for pfn \(pages[i])")
+    let done: Void? = vm.withPinnedArea(v.address) { _, pages in
+      guard pages.count == v.pageCount else {
+        fail(s, "vmalloc(\(v.size)) has \(pages.count) pages, expected \(v.pageCount)")
         return
       }
-      let w = VMallocStressExtension.word(v.tag, i)
-      let w0 = q.load(as: UInt64.self)
-      let w1 = q.load(fromByteOffset: last, as: UInt64.self)
-      if w0 != w || w1 != ~w {
-        fail(
-          s,
-          "vmalloc(\(v.size)) page \(i) (pfn \(pages[i])): address(of:) reads \(String(w0, radix: 16))/\(String(w1, radix: 16)), wrote \(String(w, radix: 16))/\(String(~w, radix: 16)) through the vmalloc address"
-        )
-        return
+      let last = PageGeometry.pageSize - 8
+      for i in 0..<pages.count {
+        guard let q = a.address(of: pages[i]) else {
+          fail(s, "no address for pfn \(pages[i])")
+          return
+        }
+        let w = VMallocStressExtension.word(v.tag, i)
+        let w0 = q.load(as: UInt64.self)
+        let w1 = q.load(fromByteOffset: last, as: UInt64.self)
+        if w0 != w || w1 != ~w {
+          fail(
+            s,
+            "vmalloc(\(v.size)) page \(i) (pfn \(pages[i])): address(of:) reads \(String(w0, radix: 16))/\(String(w1, radix: 16)), wrote \(String(w, radix: 16))/\(String(~w, radix: 16)) through the vmalloc address"
+          )
+          return
+        }
       }
+      s.counts.pagesChecked += pages.count
     }
-    s.counts.pagesChecked += pages.count
+    if done == nil { fail(s, "vmalloc area \(v.address) of \(v.pageCount) pages unknown to VMalloc.withPinnedArea") }
   }
 
   func vmapOne(_ vm: VMalloc, _ a: PageAllocator, _ s: ThreadState, _ r: inout StressRandom) {

@@ -8,6 +8,13 @@ extension VMalloc {
   /// `__vmalloc_node()`: a virtually contiguous buffer of `size` bytes (rounded up to
   /// pages) built from the allocator's pages, or nil.
   ///
+  /// With `.movable` in `gfp` (`.highUserMovable`) the area is movable: compaction and
+  /// contiguous-range allocation may migrate its pages, copying their bytes and remapping
+  /// the window page onto the new page, so the area's address never changes. Such an area
+  /// must be read and written only inside ``withPinnedArea(_:_:)``, which keeps its pages
+  /// where they are for the scope; a write through the address outside a scope may be lost
+  /// by a concurrent migration.
+  ///
   /// Steps, as the kernel's `__vmalloc_node_range()`: reserve a window slot (`size` + one
   /// guard page, the start aligned to `align`), allocate the pages with
   /// ``allocAreaPages(_:gfp:into:)`` (`vm_area_alloc_pages()`), charge the map-count budget,
@@ -65,10 +72,17 @@ extension VMalloc {
       failures.wrappingAdd(1, ordering: .relaxed)
       return nil
     }
-    let area = Area(
+    var area = Area(
       start: slot.lowerBound, pageCount: n, slot: slot, pages: pages, charged: charge, kind: .vmalloc, file: file,
       line: line)
-    state.withLock { $0.areas[slot.lowerBound] = area }
+    area.movable = gfp.contains(.movable)
+    state.withLock { s in
+      s.areas[slot.lowerBound] = area
+      if area.movable {
+        for (i, p) in pages.enumerated() { s.movablePages[p.value] = (slot.lowerBound, i) }
+      }
+    }
+    if area.movable { registerMovable(pages) }
     nrVmallocPages.wrappingAdd(n, ordering: .relaxed)
     return windowBase + slot.lowerBound &* PageGeometry.pageSize
   }
@@ -118,8 +132,13 @@ extension VMalloc {
   func removeArea(_ address: UnsafeMutableRawPointer, _ op: String) -> Area? {
     let addr = UInt(bitPattern: address)
     let a = state.withLock { s -> Area? in
-      guard let off = s.window.exactPageOffset(addr) else { return nil }
-      return s.areas.removeValue(forKey: off)
+      guard let off = s.window.exactPageOffset(addr), let a = s.areas.removeValue(forKey: off) else { return nil }
+      if a.movable {
+        // From here on a migration of its pages finds no area and fails; the free below
+        // leaves an isolated page to the migration's reference.
+        for p in a.pages { s.movablePages.removeValue(forKey: p.value) }
+      }
+      return a
     }
     if a == nil {
       badCalls.wrappingAdd(1, ordering: .relaxed)

@@ -14,6 +14,8 @@ extension VMalloc {
     public var kind: AreaKind
     /// `file:line` of the vmalloc / vmap call.
     public var caller: String
+    /// Allocated with `.movable`: its pages may migrate (VMalloc+Movable.swift).
+    public var movable: Bool
   }
 
   /// The live areas, by address.
@@ -23,7 +25,7 @@ extension VMalloc {
     return list.sorted { $0.start < $1.start }.map { a in
       AreaInfo(
         address: base + UInt(a.start * PageGeometry.pageSize), size: (a.pageCount + 1) * PageGeometry.pageSize,
-        pageCount: a.pageCount, runs: a.charged - 1, kind: a.kind, caller: "\(a.file):\(a.line)")
+        pageCount: a.pageCount, runs: a.charged - 1, kind: a.kind, caller: "\(a.file):\(a.line)", movable: a.movable)
     }
   }
 
@@ -54,7 +56,8 @@ extension VMalloc {
   /// area's slot inside the window and disjoint from the free extents and other slots;
   /// free plus slotted pages equal the window; charged mappings equal the areas' charges;
   /// ``vmallocPageCount`` equals the vmalloc areas' pages; every vmalloc page holds a
-  /// reference (refcount >= 1) in the allocator.
+  /// reference (refcount >= 1) in the allocator; every page of a movable area is in the
+  /// movable-page table at its place and registered movable with the allocator.
   ///
   /// - Complexity: O(areas log areas + pages).
   public func verify() throws {
@@ -62,9 +65,10 @@ extension VMalloc {
       var free: [Range<Int>]
       var areas: [Area]
       var charged: Int
+      var movablePages: [Int: (start: Int, index: Int)]
     }
     let snap = state.withLock { s in
-      Snapshot(free: s.window.free, areas: Array(s.areas.values), charged: s.charged)
+      Snapshot(free: s.window.free, areas: Array(s.areas.values), charged: s.charged, movablePages: s.movablePages)
     }
     func fail(_ m: String) -> VerificationError { VerificationError(message: "vmalloc: " + m) }
     var last = -1
@@ -79,6 +83,7 @@ extension VMalloc {
     var slots: [(Range<Int>, Bool)] = snap.free.map { ($0, true) }
     var charged = 0
     var vmallocPages = 0
+    var movableCount = 0
     for a in snap.areas {
       guard a.slot.lowerBound <= a.start, a.start + a.pageCount + 1 <= a.slot.upperBound,
         a.slot.upperBound <= windowPages
@@ -98,12 +103,26 @@ extension VMalloc {
           throw fail("page \(p) of the area at page \(a.start) has refcount \(allocator.refcount(of: p))")
         }
       }
+      if a.movable {
+        movableCount += a.pages.count
+        for (i, p) in a.pages.enumerated() {
+          guard let m = snap.movablePages[p.value], m.start == a.start, m.index == i else {
+            throw fail("page \(p) of the movable area at page \(a.start) is not in the movable-page table")
+          }
+          guard allocator.isMovable(p) else {
+            throw fail("page \(p) of the movable area at page \(a.start) is not registered movable")
+          }
+        }
+      }
     }
     slots.sort { $0.0.lowerBound < $1.0.lowerBound }
     for i in slots.indices.dropFirst() where slots[i - 1].0.upperBound > slots[i].0.lowerBound {
       throw fail("slots \(slots[i - 1].0) and \(slots[i].0) overlap")
     }
     guard total == windowPages else { throw fail("free \(total) of \(windowPages) pages accounted") }
+    guard movableCount == snap.movablePages.count else {
+      throw fail("the movable-page table has \(snap.movablePages.count) pages, movable areas \(movableCount)")
+    }
     guard charged == snap.charged else { throw fail("charged \(snap.charged) mappings, areas hold \(charged)") }
     guard vmallocPages == vmallocPageCount else {
       throw fail("nr_vmalloc_pages \(vmallocPageCount), areas hold \(vmallocPages)")

@@ -94,6 +94,13 @@ public final class VMalloc: @unchecked Sendable {
     var kind: AreaKind
     var file: StaticString
     var line: UInt
+    /// Allocated with `.movable`: its pages are registered movable (VMalloc+Movable.swift).
+    var movable = false
+    /// Scoped accessors running (`withPinnedArea`) and waiting to start.
+    var pins = 0
+    var pinWaiters = 0
+    /// Pages isolated for a migration now.
+    var isolated = 0
   }
 
   struct State: Sendable {
@@ -101,6 +108,11 @@ public final class VMalloc: @unchecked Sendable {
     /// Live areas by first window page.
     var areas: [Int: Area] = [:]
     var charged = 0
+    /// The pages of movable areas: pfn to (area's first window page, index in the area).
+    var movablePages: [Int: (start: Int, index: Int)] = [:]
+    /// Migrations of movable areas' pages, and isolations refused because of a pin.
+    var migrations = 0
+    var pinRefusals = 0
   }
 
   public let allocator: PageAllocator
@@ -113,6 +125,8 @@ public final class VMalloc: @unchecked Sendable {
   let nrVmallocPages = Atomic<Int>(0)
   let failures = Atomic<Int>(0)
   let badCalls = Atomic<Int>(0)
+  /// What movable areas register their pages with (VMalloc+Movable.swift).
+  let movableOwner = VMallocMovableOwner()
   /// With debug_pagealloc: one plus the pfn last mapped at each window page, so the fault
   /// handler can name the page behind a stale vmalloc address (nil otherwise).
   let lastMapped: UnsafeMutablePointer<UInt32>?
@@ -151,6 +165,7 @@ public final class VMalloc: @unchecked Sendable {
       lastMapped = nil
       faultRegion = -1
     }
+    movableOwner.vmalloc = self
   }
 
   deinit {

@@ -2,9 +2,10 @@
 // (mm/vmstat.c: frag_show_print, pagetypeinfo_show*, zoneinfo_show_print, vmstat_show).
 //
 // Only what PageAlloc really keeps is printed: /proc/vmstat lists the counters we count
-// (free pages, PGALLOC per zone, PGFREE), not the hundred the kernel has; /proc/zoneinfo
-// prints every zone kind's header, watermarks, geometry and protection, and for populated
-// zones the free-page zone stats and the pagesets, without the per-node and NUMA stats. See the article in
+// (free pages, PGALLOC per zone, PGFREE, migration and compaction), not the hundred the
+// kernel has; /proc/zoneinfo prints every zone kind's header, watermarks, geometry and
+// protection, and for populated zones the free-page zone stats and the pagesets, without
+// the per-node and NUMA stats. See the article in
 // PageAllocViews.docc/ProcViewsAndFragmentationMap.md.
 
 import PageAlloc
@@ -131,8 +132,11 @@ extension PageAllocator {
   /// nr_free_cma summed over zones, the events pgalloc_dma, pgalloc_dma32, pgalloc_normal,
   /// pgalloc_movable, pgalloc_device (pages, counted once per allocation on the pcp and
   /// buddy paths), pgfree (pages, counted once when freed to a pcp list or the buddy, not
-  /// again when a pcp drains) and unevictable_pgs_cleared (pages freed while mlocked), and
-  /// the legacy `nr_unstable 0` the kernel always prints last.
+  /// again when a pcp drains), the migration and compaction events (pgmigrate_success ...
+  /// compact_daemon_free_scanned, `PageAllocator.compactionStatistics()`, where the kernel
+  /// prints them: after the NUMA-balancing counters, before the unevictable ones),
+  /// unevictable_pgs_cleared (pages freed while mlocked), and the legacy `nr_unstable 0`
+  /// the kernel always prints last.
   public func vmstat() -> String {
     let stats = zoneStatistics()
     var free = 0
@@ -153,8 +157,47 @@ extension PageAllocator {
     out += "nr_free_cma \(cma)\n"
     for k in ZoneKind.allCases { out += "pgalloc_\(k.description.lowercased()) \(pgalloc[k.rawValue])\n" }
     out += "pgfree \(pgfree)\n"
+    for (name, value) in compactionStatistics().vmstatItems { out += "\(name) \(value)\n" }
     out += "unevictable_pgs_cleared \(mlockedPagesCleared)\n"
     out += "nr_unstable 0\n"
+    return out
+  }
+
+  /// `/sys/kernel/debug/extfrag/extfrag_index`: for each populated zone, `Node 0, zone %8s `
+  /// and the fragmentation index of each order 0...10 as `%2d.%03d ` (the index / 1000 and
+  /// its remainder): `-1.000` where a block of the order is free, near `0.000` where an
+  /// allocation would fail for lack of memory, near `1.000` where it would fail from
+  /// fragmentation.
+  ///
+  /// ```
+  /// Node 0, zone   Normal -1.000 -1.000 -1.000 -1.000  0.937  0.969  0.984 ...
+  /// ```
+  public func extfragIndex() -> String {
+    var out = ""
+    for s in zoneStatistics() where s.present > 0 {
+      out += "Node 0, zone " + pad(s.kind.description, 8) + " "
+      for o in 0...PageGeometry.maxOrder {
+        let i = PageAllocator.extfragIndex(freeBlocks: s.freeBlocks, order: o)
+        out += pad(String(i / 1000), 2) + "." + zeroPad3(abs(i % 1000)) + " "
+      }
+      out += "\n"
+    }
+    return out
+  }
+
+  /// `/sys/kernel/debug/extfrag/unusable_index`: for each populated zone,
+  /// `Node 0, zone %8s ` and, per order 0...10, the share of free memory in blocks too
+  /// small for the order as `%d.%03d ` (`1.000` when nothing is free).
+  public func unusableIndex() -> String {
+    var out = ""
+    for s in zoneStatistics() where s.present > 0 {
+      out += "Node 0, zone " + pad(s.kind.description, 8) + " "
+      for o in 0...PageGeometry.maxOrder {
+        let i = PageAllocator.unusableFreeIndex(freeBlocks: s.freeBlocks, order: o)
+        out += String(i / 1000) + "." + zeroPad3(i % 1000) + " "
+      }
+      out += "\n"
+    }
     return out
   }
 
@@ -175,4 +218,10 @@ extension PageAllocator {
     }
     return [("nr_free_pages", s.nrFreePages), ("nr_free_pages_blocks", blocks), ("nr_free_cma", cma)]
   }
+}
+
+/// `%03d` of a value 0...999.
+private func zeroPad3(_ v: Int) -> String {
+  let t = String(v)
+  return String(repeating: "0", count: max(0, 3 - t.count)) + t
 }

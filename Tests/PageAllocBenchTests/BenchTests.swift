@@ -199,7 +199,24 @@ import PageAllocTestSupport
     #expect(
       names == [
         "high-order", "floor", "frozen-range", "order0", "thp", "bulk", "cma", "trace-overhead", "debug", "vmalloc",
+        "compaction",
       ])
     #expect(BenchRegistry.suite(named: "nope") == nil)
+  }
+
+  /// The compaction suite on a small pool: every variant produces its figures, and the
+  /// suite's own checks (tags intact, the pool whole again, verify) pass.
+  @Test func compactionSuiteOnASmallPool() throws {
+    let r = try CompactionBench.run(pages: 1 << 14)
+    let byVariant = Dictionary(uniqueKeysWithValues: r.map { ($0.variant, $0) })
+    #expect(
+      Set(byVariant.keys) == ["none", "direct", "proactive", "compact-all", "contig-movable", "contig-free"])
+    #expect(byVariant["none"]?.extra["blocks"] == 0)
+    #expect((byVariant["direct"]?.extra["blocks"] ?? 0) > 0)
+    #expect((byVariant["compact-all"]?.extra["share_recovered"] ?? 0) > 0.9)
+    #expect(byVariant["contig-movable"]?.extra["pages_migrated"] == 1024)
+    #expect(byVariant["contig-free"]?.extra["pages_migrated"] == 0)
+    let ratios = Dictionary(uniqueKeysWithValues: BenchRegistry.ratios(for: r))
+    #expect(ratios["compaction.contig_movable_over_free"] != nil)
   }
 }

@@ -114,3 +114,83 @@ package func chunksFreed(_ a: PageAllocator, _ body: () -> Void) -> [[Int]] {
   a.setChunkObserver(nil)
   return out.withLock { $0 }
 }
+
+// MARK: - Movable pages
+
+/// The pattern word a test writes into movable page `id` (first and last 8 bytes of every
+/// 4 KiB page, the last one inverted): what proves a migration carried the bytes along.
+package func patternWord(_ id: Int, page: Int = 0) -> UInt64 {
+  UInt64(truncatingIfNeeded: id &* 0x9E37_79B9 &+ page &* 0x1000_0001) ^ 0xA5A5_5A5A_0F0F_F0F0
+}
+
+/// Writes the pattern of `handle` into its block through the pinned accessor.
+package func writePattern(_ table: MovablePageTable, _ handle: MovablePageTable.Handle) {
+  table.withPage(handle) { _, bytes in
+    guard let bytes else { return }
+    for page in 0..<(bytes.count / PageGeometry.pageSize) {
+      let w = patternWord(handle.id, page: page)
+      bytes.storeBytes(of: w, toByteOffset: page * PageGeometry.pageSize, as: UInt64.self)
+      bytes.storeBytes(of: ~w, toByteOffset: page * PageGeometry.pageSize + PageGeometry.pageSize - 8, as: UInt64.self)
+    }
+  }
+}
+
+/// Whether the block of `handle` holds its pattern, read at the allocator's address of
+/// the pfn the table has for it now: true only when the bytes moved and the table
+/// followed.
+package func checkPattern(_ a: PageAllocator, _ table: MovablePageTable, _ handle: MovablePageTable.Handle) -> Bool {
+  table.withPage(handle) { pfn, bytes in
+    guard let bytes, a.address(of: pfn) == bytes.baseAddress else { return false }
+    for page in 0..<(bytes.count / PageGeometry.pageSize) {
+      let w = patternWord(handle.id, page: page)
+      if bytes.load(fromByteOffset: page * PageGeometry.pageSize, as: UInt64.self) != w { return false }
+      if bytes.load(fromByteOffset: page * PageGeometry.pageSize + PageGeometry.pageSize - 8, as: UInt64.self) != ~w {
+        return false
+      }
+    }
+    return true
+  } ?? false
+}
+
+/// The `fragment` workload with movable owners: every page allocated as an order-0 page,
+/// in runs of 64 of which every fourth is unmovable (no owner) and the rest movable
+/// through `table`, each with its pattern; then every page freed but those with
+/// `pfn % 16 == 7`. Afterwards no free block is above order 3. Returns the movable handles
+/// and the unmovable pages kept (each holding `patternWord(-1 - pfn)` in its first word).
+package func fragmentWithMovableOwners(
+  _ a: PageAllocator, _ table: MovablePageTable
+) -> (movable: [MovablePageTable.Handle], unmovable: [PFN]) {
+  var movable: [MovablePageTable.Handle] = []
+  var unmovable: [PFN] = []
+  var i = 0
+  while true {
+    if (i / 64) % 4 == 0 {
+      guard let p = a.allocPages(order: 0, gfp: [.kernel, .noWarn]) else { break }
+      unmovable.append(p)
+    } else {
+      guard let h = table.allocate(order: 0, gfp: [.highUserMovable, .noWarn]) else { break }
+      movable.append(h)
+    }
+    i += 1
+  }
+  var keptUnmovable: [PFN] = []
+  for p in unmovable {
+    if p.value % 16 == 7 {
+      a.address(of: p)?.storeBytes(of: patternWord(-1 - p.value), as: UInt64.self)
+      keptUnmovable.append(p)
+    } else {
+      a.freePages(p, order: 0)
+    }
+  }
+  var kept: [MovablePageTable.Handle] = []
+  for h in movable {
+    if table.pfn(of: h)!.value % 16 == 7 {
+      writePattern(table, h)
+      kept.append(h)
+    } else {
+      table.free(h)
+    }
+  }
+  a.drainAllPages()
+  return (kept, keptUnmovable)
+}

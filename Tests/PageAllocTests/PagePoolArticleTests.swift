@@ -55,7 +55,7 @@ import PageAlloc
     } catch {
       precondition(error.order == 11 && error.reason == .invalidOrder)
     }
-    // No reclaim, no compaction: when memory runs out, allocate throws at once.
+    // No reclaim: when memory runs out, allocate throws (compaction has nothing to move).
     var huge: [PFN] = []
     do {
       while true { huge.append(try pool.allocate(order: 10).relinquish()) }

@@ -190,12 +190,56 @@ import PageAllocTestSupport
       pgalloc_movable 0
       pgalloc_device 0
       pgfree 16
+      pgmigrate_success 0
+      pgmigrate_fail 0
+      thp_migration_success 0
+      thp_migration_fail 0
+      thp_migration_split 0
+      compact_migrate_scanned 0
+      compact_free_scanned 0
+      compact_isolated 0
+      compact_stall 0
+      compact_fail 0
+      compact_success 0
+      compact_daemon_wake 0
+      compact_daemon_migrate_scanned 0
+      compact_daemon_free_scanned 0
       unevictable_pgs_cleared 0
       nr_unstable 0
 
       """
     #expect(a.vmstat() == expected)
     try a.verify()
+  }
+
+  /// extfrag_index and unusable_index, in the kernel's formats: one order-4 allocation
+  /// leaves one free block of each order 4...9 and 63 of order 10.
+  @Test func extfragAndUnusableIndex() throws {
+    let (a, _) = try allocatorWithOneOrder4()
+    #expect(
+      a.extfragIndex()
+        == "Node 0, zone   Normal -1.000 -1.000 -1.000 -1.000 -1.000 -1.000 -1.000 -1.000 -1.000 -1.000 -1.000 \n")
+    // Free: 65520 pages; below order 5 only the order-4 block (16 pages) is unusable.
+    #expect(
+      a.unusableIndex()
+        == "Node 0, zone   Normal 0.000 0.000 0.000 0.000 0.000 0.000 0.000 0.001 0.003 0.007 0.015 \n")
+  }
+
+  /// The fragmentation index away from -1.000: only order-0 pages free.
+  @Test func extfragIndexOfAFragmentedZone() throws {
+    let a = try PageAllocator(configuration: .normal(pages: 4096, cpuCount: 1, backing: .none))
+    var p = 0
+    while p < 4096 {
+      if p % 2 == 1 || p >= 2048 { #expect(a.claimFreeRange(p, count: 1) == .claimed) }
+      p += 1
+    }
+    // 1024 free order-0 pages: order 1 -> 1000 - (1000 + 512000) / 1024 = 500.
+    let line = a.extfragIndex()
+    #expect(
+      line.hasPrefix(
+        "Node 0, zone   Normal -1.000  0.500  0.750  0.875  0.937  0.968  0.984  0.992  0.996  0.998  0.999 "))
+    #expect(
+      a.unusableIndex() == "Node 0, zone   Normal 0.000 1.000 1.000 1.000 1.000 1.000 1.000 1.000 1.000 1.000 1.000 \n")
   }
 
   /// PGALLOC and PGFREE count pages once: a pcp refill and a pcp drain do not count again.
@@ -228,6 +272,15 @@ import PageAllocTestSupport
         // the low watermark, never allocated, are in larger blocks).
         #expect(map.unusableFreeIndex(order: 4) > 0.95)
         #expect(map.cells.filter(\.isFragmented).count > 100)
+        // Its movable pages have owners: compaction gathers them, and memory comes back
+        // in pageblocks.
+        let s = InfoCompaction.all.run(on: a)
+        #expect(s.hasPrefix("compactAll(): complete"))
+        #expect(a.compactionStatistics().pgmigrateSuccess > 0)
+        let after = FragmentationMap(allocator: a)
+        #expect(after.unusableFreeIndex(order: 9) < 0.5)
+        try a.verify()
+        #expect(a.allocatedPageCount == live.reduce(0) { $0 + (1 << $1.order) })
       }
     }
   }

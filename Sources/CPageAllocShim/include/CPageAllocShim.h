@@ -64,6 +64,19 @@ int cpa_thread_cpu_override(void);
 /// The current thread's errno.
 int cpa_errno(void);
 
+/// The compaction state of the calling thread: the kernel keeps both in `current`
+/// (`current->capture_control` and PF_MEMALLOC). `cpa_capture` points at the capture
+/// control of a direct compaction this thread runs (NULL otherwise); `cpa_in_compaction`
+/// is non-zero while the thread compacts or migrates, so that an allocation it makes
+/// (a migration target) never starts a direct compaction of its own.
+extern _Thread_local void *cpa_capture;
+extern _Thread_local int cpa_in_compaction;
+
+static inline __attribute__((always_inline)) void *cpa_get_capture(void) { return cpa_capture; }
+static inline __attribute__((always_inline)) void cpa_set_capture(void *c) { cpa_capture = c; }
+static inline __attribute__((always_inline)) int cpa_get_in_compaction(void) { return cpa_in_compaction; }
+static inline __attribute__((always_inline)) void cpa_set_in_compaction(int v) { cpa_in_compaction = v; }
+
 // The memory-debugging half: stack depot, tasks, page_owner records, the fault handler.
 #include "CPageAllocShimDebug.h"
 

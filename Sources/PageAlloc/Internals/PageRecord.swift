@@ -3,10 +3,11 @@ import Synchronization
 /// One page's metadata: the 16-byte analogue of `struct page`.
 ///
 /// - `refcount` is the kernel's `_refcount`.
-/// - `flags` packs the page flags (low 16 bits) and an order (bits 16..23): the buddy order
-///   of a free block head (`page->private`), the order of a block on a pcp list, the
-///   compound order of a compound head, or the allocation order of a non-compound head
-///   (which lets `freePages` catch a wrong order; the kernel cannot).
+/// - `flags` packs the page flags (low 16 bits, and the movable bits in the high byte) and
+///   an order (bits 16..23): the buddy order of a free block head (`page->private`), the
+///   order of a block on a pcp list, the compound order of a compound head, or the
+///   allocation order of a non-compound head (which lets `freePages` catch a wrong order;
+///   the kernel cannot).
 /// - `next` / `prev` link the page into one free list or pcp list (the kernel's
 ///   `page->buddy_list` / `pcp_list`) as 32-bit pfns; ``PageRecord/nilLink`` ends a list.
 ///   They are only touched under the lock of the list the page is on.
@@ -48,6 +49,16 @@ enum PG {
   /// allocation left it in, which is what lets the block's free skip reading the tails
   /// (PageAllocator+TailState.swift).
   @usableFromInline static let tailsTouched: UInt32 = 1 << 14
+  /// The page has movable operations: an owner registered it (the kernel's
+  /// `page_has_movable_ops()`, a page type there). Set on the head of an allocated block,
+  /// cleared when the block is freed (MovablePages.swift). In the high byte: the low 16
+  /// bits are taken.
+  @usableFromInline static let movable: UInt32 = 1 << 24
+  /// PG_movable_ops_isolated: compaction or a contiguous-range allocation has isolated the
+  /// movable page for migration; only the core sets and clears it.
+  @usableFromInline static let movableIsolated: UInt32 = 1 << 25
+  /// Both movable bits.
+  @usableFromInline static let movableMask: UInt32 = movable | movableIsolated
 
   /// PAGE_FLAGS_CHECK_AT_FREE (the subset we model). PG_mlocked is not in it: the free
   /// path clears it and frees the page (`__free_pages_prepare()`).
@@ -58,7 +69,8 @@ enum PG {
   /// Everything a page about to be freed as order 0 must not carry, besides hwpoison.
   @usableFromInline static let badAtFree: UInt32 = freeMask | head | tail | checkAtFree | quarantined
 
-  @usableFromInline static let flagMask: UInt32 = 0xFFFF
+  /// Every flag bit: the low 16 and the high byte (the order lies between them).
+  @usableFromInline static let flagMask: UInt32 = 0xFF00_FFFF
   @usableFromInline static let orderShift: UInt32 = 16
 
   @inlinable @inline(__always)
