@@ -54,7 +54,9 @@ public final class PageAllocator: @unchecked Sendable {
   /// kernel's boot-time value for these zones.
   public let minFreeKbytes: Int
   let reports: LockedState<ReportLog>
-  let traceSinkBox: LockedState<TraceTargets>
+  /// A stdlib `Mutex` rather than the package's lock box: `emit` runs once per traced event,
+  /// and the generic box from another module is not specialized there.
+  let traceSinkBox: Mutex<TraceTargets>
   /// Fault injection (fail_page_alloc); nil check is one load.
   let faultState: LockedState<FaultInjection?>
   @usableFromInline let faultsEnabled: Atomic<Bool>
@@ -138,7 +140,7 @@ public final class PageAllocator: @unchecked Sendable {
     hwpoisoned = Atomic(0)
     mlockCleared = Atomic(0)
     reports = LockedState(ReportLog())
-    traceSinkBox = LockedState(TraceTargets())
+    traceSinkBox = Mutex(TraceTargets())
     faultState = LockedState(nil)
     faultsEnabled = Atomic(false)
     liveHandles = Atomic(0)

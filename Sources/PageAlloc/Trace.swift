@@ -71,7 +71,13 @@ public struct TraceEvent: Sendable, Hashable {
   public var changeOwnership: Bool
   /// The numbers of a compaction or migration event, as its ``Kind`` case lists them
   /// (empty for the page events).
-  public var values: [Int]
+  public var values: [Int] {
+    get { inlineValues.array }
+    set { inlineValues = InlineValues(newValue) }
+  }
+  /// The numbers stored inline: a page event then holds no reference, so building and
+  /// delivering one costs no retain, release or value-witness call on the traced paths.
+  @usableFromInline var inlineValues: InlineValues
 
   public init(
     kind: Kind, pfn: PFN?, order: Int, migrateType: Int = 0, gfp: GFP = [], percpuRefill: Bool = false,
@@ -88,7 +94,7 @@ public struct TraceEvent: Sendable, Hashable {
     self.fallbackOrder = fallbackOrder
     self.fallbackMigrateType = fallbackMigrateType
     self.changeOwnership = changeOwnership
-    self.values = values
+    self.inlineValues = InlineValues(values)
   }
 
   /// The `page=%p` value: a stable stand-in for the kernel's hashed struct page pointer.
@@ -256,7 +262,35 @@ extension PageAllocator {
 }
 
 /// What the trace points report to: the installed sink and the chunk observer.
-struct TraceTargets {
+struct TraceTargets: Sendable {
   var sink: TraceSink?
   var chunkObserver: (@Sendable (PFN, Int) -> Void)?
+}
+
+extension TraceEvent {
+  /// At most ``capacity`` numbers (the longest event, mm_migrate_pages, has eight), kept in
+  /// the event itself.
+  @usableFromInline struct InlineValues: Hashable, Sendable {
+    @usableFromInline static let capacity = 8
+    @usableFromInline var count: Int
+    @usableFromInline var storage: (Int, Int, Int, Int, Int, Int, Int, Int)
+
+    @inlinable init(_ values: [Int]) {
+      precondition(values.count <= Self.capacity, "a trace event carries at most 8 values")
+      count = values.count
+      storage = (0, 0, 0, 0, 0, 0, 0, 0)
+      if values.isEmpty { return }
+      withUnsafeMutableBytes(of: &storage) { raw in
+        let slots = raw.bindMemory(to: Int.self)
+        for (i, v) in values.enumerated() { slots[i] = v }
+      }
+    }
+
+    @usableFromInline var array: [Int] {
+      withUnsafeBytes(of: storage) { Array($0.bindMemory(to: Int.self).prefix(count)) }
+    }
+
+    @usableFromInline static func == (l: Self, r: Self) -> Bool { l.array == r.array }
+    @usableFromInline func hash(into h: inout Hasher) { h.combine(array) }
+  }
 }

@@ -8,8 +8,8 @@ import Glibc
 /// reports every access under a `Mutex` as a race (`swift test --sanitize=thread`).
 /// The lock is taken for short table updates only (no syscalls inside).
 package final class LockedState<State> {
-  private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-  private var value: State
+  @usableFromInline let mutex: UnsafeMutablePointer<pthread_mutex_t>
+  @usableFromInline var value: State
 
   package init(_ value: State) {
     mutex = .allocate(capacity: 1)
@@ -23,7 +23,7 @@ package final class LockedState<State> {
     mutex.deallocate()
   }
 
-  @inline(__always)
+  @inlinable @inline(__always)
   package func withLock<R: ~Copyable, E: Error>(_ body: (inout State) throws(E) -> R) throws(E) -> R {
     pthread_mutex_lock(mutex)
     defer { pthread_mutex_unlock(mutex) }
