@@ -166,6 +166,19 @@ extension PageAllocator {
     _ z: UnsafeMutablePointer<Zone>, _ pcp: UnsafeMutablePointer<PerCPUPages>, _ pfn: Int, _ mt: Int,
     _ order: Int
   ) {
+    let toFree = freeCommitEnqueue(z, pcp, pfn, mt, order)
+    if toFree > 0 { freePcppagesBulk(z, toFree, pcp, orderToPindex(mt, order)) }
+  }
+
+  /// The first half of `free_frozen_page_commit()`: puts the block on its list head, does
+  /// the pcp's bookkeeping (alloc_factor, free_count, the high-order burst flag, `high`'s
+  /// tuning) and returns how many pages the commit drains now (0: none). The trace
+  /// prediction calls it alone, to learn the model's decision without draining.
+  @inlinable @inline(__always)
+  func freeCommitEnqueue(
+    _ z: UnsafeMutablePointer<Zone>, _ pcp: UnsafeMutablePointer<PerCPUPages>, _ pfn: Int, _ mt: Int,
+    _ order: Int
+  ) -> Int {
     pcp.pointee.allocFactor = pcp.pointee.allocFactor &>> 1
     pcp.pointee.pgfree = pcp.pointee.pgfree &+ (1 &<< order)
     let pindex = orderToPindex(mt, order)
@@ -183,9 +196,8 @@ extension PageAllocator {
     }
     pcp.pointee.freeCount = min(pcp.pointee.freeCount &+ (1 &<< order), pcp.pointee.batch &<< pcpBatchScaleMax)
     let high = nrPcpHigh(pcp, z, freeHigh)
-    if pcp.pointee.count >= high {
-      freePcppagesBulk(z, nrPcpFree(pcp, high, freeHigh), pcp, pindex)
-    }
+    if pcp.pointee.count >= high { return nrPcpFree(pcp, high, freeHigh) }
+    return 0
   }
 
   /// `nr_pcp_high()`, in our words: `high` is kept in [high_min, high_max]; a burst of
