@@ -20,9 +20,19 @@ struct Replay: ParsableCommand {
   @Flag(help: "Stop at the first anomaly with FILE:LINE: reason and exit status 1.") var strict = false
   @Option(help: "Write the figures as JSON to this file.") var json: String?
   @Option(help: "Write the fragmentation map (SVG) of the final state to this file.") var map: String?
+  @Flag(
+    help:
+      "Predict each decision of the kernel's (pcp allocations, refills, drains, buddy allocations) with the model before applying it, and print the hit rates."
+  )
+  var predict = false
+  @Option(
+    help:
+      "With --predict: the traced machine's /proc/zoneinfo at the trace's start, for the pcp high, batch and counts. Default: STEM.zoneinfo-before.txt beside the trace, if present."
+  )
+  var zoneinfo: String?
 
   func run() throws {
-    var options = TraceReplay.Options(strict: strict)
+    var options = TraceReplay.Options(strict: strict, predict: predict, zoneinfo: zoneinfo)
     if let zone {
       guard let z = TraceReplay.parseZone(zone) else {
         throw ValidationError("--zone \(zone): expected START-END pfns with START < END, e.g. 0x100000-0x180000")
