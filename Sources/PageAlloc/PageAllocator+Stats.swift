@@ -215,3 +215,21 @@ extension PageAllocator {
     return count
   }
 }
+
+extension PageAllocator {
+  /// The unusable free space index at `order` (mm/vmstat.c `unusable_free_index()`, shown
+  /// in debugfs extfrag/unusable_index): the share of the free pages that lie in blocks
+  /// smaller than `order`, from the free blocks per order (`freeBlocks[o]` blocks of
+  /// 2^o pages); 0 when nothing is free. One definition for every view of it: the
+  /// fragmentation map and the replay timeline.
+  package static func unusableFreeIndex(freeBlocks: [Int], order: Int) -> Double {
+    var total = 0
+    var usable = 0
+    for (o, n) in freeBlocks.enumerated() {
+      total += n << o
+      if o >= order { usable += n << o }
+    }
+    guard total > 0 else { return 0 }
+    return Double(total - usable) / Double(total)
+  }
+}

@@ -393,8 +393,13 @@ final class PredictionEngine {
 
   func run() throws(ReplayError) {
     let events = replay.parsed.events
+    let sampler = replay.sampler
     for i in events.indices {
       let e = events[i]
+      if let sampler {
+        replay.currentIndex = i
+        sampler.observe(i)
+      }
       if e.kind == .malformed {
         try replay.anomaly(.malformed, e.line, replay.parsed.malformedReasons[e.pfn])
         continue

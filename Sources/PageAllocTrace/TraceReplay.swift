@@ -79,6 +79,8 @@ public struct ReplayReport: Sendable {
   public var replaySeconds: Double
   /// The prediction's figures (`--predict`).
   public var prediction: PredictionReport?
+  /// The free memory over trace time (`--timeline`).
+  public var timeline: ReplayTimeline?
 
   /// Everything but the file read: parse + setup + replay.
   public var processSeconds: Double { parseSeconds + setupSeconds + replaySeconds }
@@ -322,16 +324,21 @@ public enum TraceReplay {
   ) throws(ReplayError) -> (report: ReplayReport, allocator: PageAllocator) {
     let t1 = monotonicNanoseconds()
     let engine = try ReplayEngine(parsed: parsed, name: name, options: options, holdPcpResidents: options.predict)
+    if options.timeline { engine.sampler = TimelineSampler(allocator: engine.allocator, parsed: parsed) }
     let t2 = monotonicNanoseconds()
     var prediction: PredictionReport?
+    var timeline: ReplayTimeline?
     if options.predict {
       let (snapshot, snapshotName) = try zoneinfoSnapshot(name: name, options: options, zoneStart: engine.zoneStart)
       let p = PredictionEngine(replay: engine, snapshot: snapshot, snapshotName: snapshotName)
       try p.run()
+      timeline = engine.sampler?.finish()
       engine.allocator.drainAllPages()
       prediction = p.report()
     } else {
       try engine.apply()
+      timeline = engine.sampler?.finish()
+      engine.allocator.drainAllPages()
     }
     let t3 = monotonicNanoseconds()
     let a = engine.allocator
@@ -350,7 +357,7 @@ public enum TraceReplay {
         .map { buddyInfoLine(zone: $0.kind.description, counts: $0.freeBlocks) }.joined(),
       buddyCounts: stats.map(\.freeBlocks), allocatedByType: engine.allocatedByType(), readSeconds: readSeconds,
       parseSeconds: parseSeconds, setupSeconds: Double(t2 &- t1) / 1e9,
-      replaySeconds: Double(t3 &- t2) / 1e9, prediction: prediction)
+      replaySeconds: Double(t3 &- t2) / 1e9, prediction: prediction, timeline: timeline)
     return (report, a)
   }
 
@@ -414,6 +421,9 @@ final class ReplayEngine {
   /// Whether the first pass holds the pre-trace pcp pages (a prediction) or leaves them
   /// free (a replay, which claims pages wherever they are free).
   let holdPcpResidents: Bool
+  /// The timeline being sampled (`--timeline`), and the event being applied.
+  var sampler: TimelineSampler?
+  var currentIndex = 0
   var anomalyCounts = [Int](repeating: 0, count: ReplayAnomaly.allCases.count)
   var anomalyLines = [[Int]](repeating: [], count: ReplayAnomaly.allCases.count)
 
@@ -546,12 +556,13 @@ final class ReplayEngine {
   @inline(never)
   func anomaly(_ k: ReplayAnomaly, _ line: Int32, _ reason: String) throws(ReplayError) {
     if strict { throw ReplayError(file: name, line: Int(line), reason: k.rawValue + ": " + reason) }
+    sampler?.anomaly(k, line: Int(line), index: currentIndex, reason: reason)
     let i = ReplayAnomaly.allCases.firstIndex(of: k)!
     anomalyCounts[i] += 1
     if anomalyLines[i].count < 5 { anomalyLines[i].append(Int(line)) }
   }
 
-  /// Applies every event, then drains the pcp lists.
+  /// Applies every event (the caller then drains the pcp lists).
   func apply() throws(ReplayError) {
     let a = allocator
     let zs = zoneStart
@@ -560,8 +571,14 @@ final class ReplayEngine {
     var curCPU = -1
     defer { PageAllocator.setThreadCPU(nil) }
     let events = parsed.events
+    let sampler = sampler
     try events.withUnsafeBufferPointer { (events) throws(ReplayError) in
-      for e in events {
+      for i in events.indices {
+        let e = events[i]
+        if let sampler {
+          currentIndex = i
+          sampler.observe(i)
+        }
         if _slowPath(e.kind == .malformed) {
           try anomaly(.malformed, e.line, parsed.malformedReasons[e.pfn])
           continue
@@ -617,7 +634,6 @@ final class ReplayEngine {
         }
       }
     }
-    a.drainAllPages()
   }
 
   /// Per pageblock (from the zone start rounded down to a pageblock, as

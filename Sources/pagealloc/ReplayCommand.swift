@@ -30,9 +30,14 @@ struct Replay: ParsableCommand {
       "With --predict: the traced machine's /proc/zoneinfo at the trace's start, for the pcp high, batch and counts. Default: STEM.zoneinfo-before.txt beside the trace, if present."
   )
   var zoneinfo: String?
+  @Option(
+    help:
+      "Write an SVG of the free memory over trace time: free pages per order, the unusable free index at pageblock order, pcp pages, extfrag events and anomalies."
+  )
+  var timeline: String?
 
   func run() throws {
-    var options = TraceReplay.Options(strict: strict, predict: predict, zoneinfo: zoneinfo)
+    var options = TraceReplay.Options(strict: strict, predict: predict, zoneinfo: zoneinfo, timeline: timeline != nil)
     if let zone {
       guard let z = TraceReplay.parseZone(zone) else {
         throw ValidationError("--zone \(zone): expected START-END pfns with START < END, e.g. 0x100000-0x180000")
@@ -49,6 +54,10 @@ struct Replay: ParsableCommand {
     print(result.report.text, terminator: "")
     if let json {
       try writeText(result.report.json, to: json)
+    }
+    if let timeline, let t = result.report.timeline {
+      try writeText(
+        t.svg(title: "pagealloc replay \(file)\(predict ? " --predict" : ""): free memory over time"), to: timeline)
     }
     if let map {
       let svg = FragmentationMap(allocator: result.allocator, allocatedByType: result.report.allocatedByType).svg(
