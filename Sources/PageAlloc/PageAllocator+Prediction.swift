@@ -427,9 +427,9 @@ extension PageAllocator {
     if mt >= MigrateType.pcpTypes { mt = MigrateType.movable.rawValue }
     let pcp = pcp(cpu &* zoneCount &+ zi)
     pcp.pointee.lock.lock()
-    pcp.pointee.count &+= extraCount
+    pcp.pointee.count = pcp.pointee.count &+ extraCount
     let toFree = freeCommitEnqueue(z, pcp, pfn, mt, order)
-    pcp.pointee.count &-= extraCount
+    pcp.pointee.count = pcp.pointee.count &- extraCount
     pcp.pointee.lock.unlock()
     return (zi, orderToPindex(mt, order), toFree)
   }
@@ -474,10 +474,10 @@ extension PageAllocator {
     pcp.pointee.lock.lock()
     defer { pcp.pointee.lock.unlock() }
     let before = tuning(pcp)
-    pcp.pointee.count &+= extraCount
+    pcp.pointee.count = pcp.pointee.count &+ extraCount
     let n = nrPcpAlloc(pcp, zones + zi, order)
-    pcp.pointee.count &-= extraCount
-    pcp.pointee.refills &+= 1
+    pcp.pointee.count = pcp.pointee.count &- extraCount
+    pcp.pointee.refills = pcp.pointee.refills &+ 1
     return (n, before)
   }
 
@@ -525,7 +525,7 @@ extension PageAllocator {
     let pcp = pcp(cpu &* zoneCount &+ zi)
     pcp.pointee.lock.lock()
     pcpAddTail(pcp.pointee.lists + pindex, pfn, order)
-    pcp.pointee.count &+= 1 &<< order
+    pcp.pointee.count = pcp.pointee.count &+ 1 &<< order
     pcp.pointee.lock.unlock()
     return true
   }
@@ -545,7 +545,7 @@ extension PageAllocator {
     } else {
       pcpAddTail(pcp.pointee.lists + pindex, pfn, order)
     }
-    pcp.pointee.count &+= 1 &<< order
+    pcp.pointee.count = pcp.pointee.count &+ 1 &<< order
     pcp.pointee.lock.unlock()
     return true
   }
@@ -557,7 +557,7 @@ extension PageAllocator {
     let r = memMap.presentRecord(pfn)
     unlink(pc.pointee.lists + pindex, r)
     r.pointee.flags.store(0, ordering: .relaxed)
-    pc.pointee.count &-= 1 &<< order
+    pc.pointee.count = pc.pointee.count &- 1 &<< order
     pc.pointee.lock.unlock()
   }
 
