@@ -530,20 +530,51 @@ extension PageAllocator {
     return true
   }
 
-  /// Moves the pcp block at `pfn` to list `pindex` of `cpu`'s pcp, at its head or tail (a
+  /// Where on a pcp list a moved block goes.
+  package enum PcpPosition: Equatable, Sendable {
+    case head
+    case tail
+    /// Right after this block, which must be on the list (at the head when it is not).
+    case after(Int)
+  }
+
+  /// Moves the pcp block at `pfn` to list `pindex` of `cpu`'s pcp, at `position` (a
   /// prediction that learnt the block was on another list). Returns false when `pfn` is
-  /// not the head of a pcp block.
+  /// not the head of a pcp block or the list is of another order.
   @discardableResult
-  package func shadowMovePcpBlock(_ pfn: Int, cpu: Int, pindex: Int, atHead: Bool) -> Bool {
+  package func shadowMovePcpBlock(_ pfn: Int, cpu: Int, pindex: Int, position: PcpPosition) -> Bool {
     guard case .pcp(let c, let zi, let li, let head, let order) = place(of: pfn), head == pfn else { return false }
     guard pindexToOrder(pindex) == order else { return false }
     unlinkFromPcp(zi, c, li, pfn, order)
     let pcp = pcp(cpu &* zoneCount &+ zi)
     pcp.pointee.lock.lock()
-    if atHead {
-      pcpAddHead(pcp.pointee.lists + pindex, pfn, order)
-    } else {
-      pcpAddTail(pcp.pointee.lists + pindex, pfn, order)
+    let l = pcp.pointee.lists + pindex
+    switch position {
+    case .head:
+      pcpAddHead(l, pfn, order)
+    case .tail:
+      pcpAddTail(l, pfn, order)
+    case .after(let prev):
+      // The block before must be on this very list: walk it.
+      var p = l.pointee.head
+      while p != PageRecord.nilLink && Int(p) != prev { p = memMap.presentRecord(Int(p)).pointee.next }
+      if p == PageRecord.nilLink {
+        pcpAddHead(l, pfn, order)
+      } else {
+        let r = memMap.presentRecord(pfn)
+        r.pointee.flags.store(PG.word(flags: PG.pcp, order: order), ordering: .relaxed)
+        let pr = memMap.presentRecord(prev)
+        let next = pr.pointee.next
+        r.pointee.prev = p
+        r.pointee.next = next
+        pr.pointee.next = UInt32(truncatingIfNeeded: pfn)
+        if next != PageRecord.nilLink {
+          memMap.presentRecord(Int(next)).pointee.prev = UInt32(truncatingIfNeeded: pfn)
+        } else {
+          l.pointee.tail = UInt32(truncatingIfNeeded: pfn)
+        }
+        l.pointee.count = l.pointee.count &+ 1
+      }
     }
     pcp.pointee.count = pcp.pointee.count &+ 1 &<< order
     pcp.pointee.lock.unlock()

@@ -60,6 +60,14 @@ package struct ReplayEvent {
   /// Per kind: zoneLocked bit 0 = percpu_refill; extfrag: fallback_order in bits 0-3,
   /// fallback_migratetype in bits 4-6, change_ownership in bit 7. 0 otherwise.
   @usableFromInline package var aux: UInt8
+  /// Detailed parses: the context the event was traced in, from the ftrace latency field
+  /// after the CPU (`..s..`): ``ReplayEvent/task`` (or unknown), softirq, hardirq or NMI.
+  @usableFromInline package var context: UInt8
+
+  @usableFromInline package static let task: UInt8 = 0
+  @usableFromInline package static let softirq: UInt8 = 1
+  @usableFromInline package static let hardirq: UInt8 = 2
+  @usableFromInline package static let nmi: UInt8 = 3
 
   @usableFromInline package static let unknownType: UInt8 = 7
 
@@ -76,7 +84,7 @@ package struct ReplayEvent {
   @inlinable
   init(
     pfn: Int, line: Int32, cpu: UInt16, order: UInt8, kind: Kind, migrateType: UInt8 = ReplayEvent.unknownType,
-    aux: UInt8 = 0
+    aux: UInt8 = 0, context: UInt8 = 0
   ) {
     pfn32 = UInt32(truncatingIfNeeded: pfn)
     self.line = line
@@ -85,6 +93,7 @@ package struct ReplayEvent {
     self.kind = kind
     self.migrateType = migrateType
     self.aux = aux
+    self.context = context
   }
 }
 
@@ -240,6 +249,16 @@ package enum KmemTraceParser {
       }
       c &-= 1
     }
+    // The context: the third of the five latency characters after "] ".
+    var context = ReplayEvent.task
+    if out.detailed && c > start && c &+ 7 < name && b[c] == 0x5D && b[c &+ 1] == 0x20 && b[c &+ 7] == 0x20 {
+      switch b[c &+ 4] {
+      case 0x73: context = ReplayEvent.softirq  // 's'
+      case 0x68, 0x48: context = ReplayEvent.hardirq  // 'h', 'H'
+      case 0x7A, 0x5A: context = ReplayEvent.nmi  // 'z', 'Z'
+      default: break
+      }
+    }
     // Fields.
     guard let pfnAt = findKey(b, k, end, 0x70, 0x66, 0x6E) else {  // "pfn="
       malformed(&out, line, "\(eventName) line without pfn=", time)
@@ -277,7 +296,7 @@ package enum KmemTraceParser {
       return
     }
     if kind == .extfrag {
-      parseExtfrag(b, k, end, pfn, line, cpu, time, &out)
+      parseExtfrag(b, k, end, pfn, line, cpu, time, context, &out)
       return
     }
     var order = 0
@@ -327,7 +346,7 @@ package enum KmemTraceParser {
     out.append(
       ReplayEvent(
         pfn: pfn, line: line, cpu: UInt16(truncatingIfNeeded: cpu), order: UInt8(order), kind: kind, migrateType: mt,
-        aux: aux),
+        aux: aux, context: context),
       time: time)
   }
 
@@ -355,7 +374,7 @@ package enum KmemTraceParser {
   /// The fields of an mm_page_alloc_extfrag line (pfn already read).
   static func parseExtfrag(
     _ b: UnsafePointer<UInt8>, _ k: Int, _ end: Int, _ pfn: Int, _ line: Int32, _ cpu: Int, _ time: UInt64,
-    _ out: inout ParsedTrace
+    _ context: UInt8, _ out: inout ParsedTrace
   ) {
     func number(_ key: StaticString, limit: Int) -> Int? {
       guard let at = findField(b, k, end, key) else { return nil }
@@ -385,7 +404,7 @@ package enum KmemTraceParser {
     out.append(
       ReplayEvent(
         pfn: pfn, line: line, cpu: UInt16(truncatingIfNeeded: cpu), order: UInt8(allocOrder), kind: .extfrag,
-        migrateType: UInt8(allocType), aux: aux),
+        migrateType: UInt8(allocType), aux: aux, context: context),
       time: time)
   }
 

@@ -261,6 +261,8 @@ final class PredictionEngine {
     var commit: Commit?
     /// A pcp-order allocation the trace showed went past the pcp (rmqueue_buddy).
     var direct = -1
+    /// The index of the CPU's last event traced in task context.
+    var lastTask = -1
   }
 
   var cpus: [CPUState]
@@ -268,8 +270,14 @@ final class PredictionEngine {
   /// less the pre-trace blocks that left since).
   var hidden: [Int]
   /// Per pfn of the zone: bit 0 placed on its pcp list by a traced refill; bit 1 seen in
-  /// an event already; bits 4-7: 1 + the migratetype of its last allocation.
+  /// an event already; bit 2 put on its pcp list by a free; bits 4-7: 1 + the migratetype
+  /// of its last allocation.
   let marks: UnsafeMutablePointer<UInt8>
+  /// Per pfn of the zone: the index of the event that freed it onto a pcp list (for a
+  /// block with bit 2 of its mark): a block's place among a list's frees, newest first.
+  let enqueued: UnsafeMutablePointer<Int32>
+  /// The event being applied.
+  var now = 0
   /// Per pageblock of the zone: its type was shown by an event.
   var confirmed: [Bool]
   /// Event indices of mm_page_free lines whose page is committed later by an
@@ -304,6 +312,8 @@ final class PredictionEngine {
     hidden = [Int](repeating: 0, count: cpuCount)
     marks = .allocate(capacity: ze - zs)
     marks.initialize(repeating: 0, count: ze - zs)
+    enqueued = .allocate(capacity: ze - zs)
+    enqueued.initialize(repeating: 0, count: ze - zs)
     confirmed = [Bool](
       repeating: false, count: (ze - zs + PageGeometry.pageblockPages - 1) / PageGeometry.pageblockPages)
     let events = replay.parsed.events
@@ -333,7 +343,10 @@ final class PredictionEngine {
     }
   }
 
-  deinit { marks.deallocate() }
+  deinit {
+    marks.deallocate()
+    enqueued.deallocate()
+  }
 
   // MARK: - Scoring
 
@@ -365,6 +378,8 @@ final class PredictionEngine {
   }
   static let refillPlaced: UInt8 = 1
   static let seen: UInt8 = 2
+  static let freedOnPcp: UInt8 = 4
+  static let freedInInterrupt: UInt8 = 8
   func lastAllocType(_ pfn: Int) -> Int? {
     let v = Int(marks[pfn - zs] >> 4)
     return v == 0 ? nil : v - 1
@@ -373,15 +388,51 @@ final class PredictionEngine {
     (pfn - (zs & ~(PageGeometry.pageblockPages - 1))) >> PageGeometry.pageblockOrder
   }
 
-  /// The trace showed the pageblock of `pfn` has type `mt`.
+  /// The trace showed the pageblock of `pfn` has type `mt`: the model's pageblock takes
+  /// it, and the blocks of that pageblock that frees put on another type's pcp list (when
+  /// the type was guessed) move to this type's list, each at its place among its frees.
   func learnType(_ pfn: Int, _ mt: Int) {
     guard mt < MigrateType.isolate.rawValue else { return }
     let i = pageblockIndex(pfn)
+    let wasConfirmed = i >= 0 && i < confirmed.count && confirmed[i]
     if i >= 0 && i < confirmed.count { confirmed[i] = true }
-    if a.migrateType(of: PFN(pfn))?.rawValue != mt {
+    let changed = a.migrateType(of: PFN(pfn))?.rawValue != mt
+    if changed {
       a.shadowSetPageblockType(pfn, mt)
       retyped += 1
     }
+    if changed || !wasConfirmed { movePcpBlocks(ofPageblock: pfn, toType: mt) }
+  }
+
+  /// Moves the blocks of `pfn`'s pageblock that frees put on a pcp list of another type
+  /// than `mt` to `mt`'s list of their order, on the same CPU.
+  func movePcpBlocks(ofPageblock pfn: Int, toType mt: Int) {
+    let base = max(pfn & ~(PageGeometry.pageblockPages - 1), zs)
+    let end = min(base + PageGeometry.pageblockPages, ze)
+    var p = base
+    while p < end {
+      if mark(p) & PredictionEngine.freedOnPcp != 0,
+        case .pcp(let cpu, let zi, let li, let head, let order) = a.place(of: p),
+        head == p, PageAllocator.pcpType(pindex: li) != mt,
+        let target = PageAllocator.pcpIndex(order: order, migrateType: mt), target != li
+      {
+        insertByTime(p, cpu, zi, target)
+        relocated += 1
+      }
+      p += 1
+    }
+  }
+
+  /// Moves a pcp block freed at `enqueued[pfn]` to list `target` of `cpu`: below the
+  /// blocks frees put there later, above everything older (the list is LIFO).
+  func insertByTime(_ pfn: Int, _ cpu: Int, _ zi: Int, _ target: Int) {
+    let t = mark(pfn) & PredictionEngine.freedOnPcp != 0 ? enqueued[pfn - zs] : -1
+    var prev: Int?
+    for b in a.pcpBlocks(cpu: cpu, zone: zi, pindex: target) {
+      guard b != pfn, mark(b) & PredictionEngine.freedOnPcp != 0, enqueued[b - zs] > t else { break }
+      prev = b
+    }
+    a.shadowMovePcpBlock(pfn, cpu: cpu, pindex: target, position: prev.map { .after($0) } ?? .head)
   }
 
   func isConfirmed(_ pfn: Int) -> Bool {
@@ -411,13 +462,16 @@ final class PredictionEngine {
         continue
       }
       let c = Int(e.cpu) % cpuCount
+      now = i
       close(c, next: e)
       baseline.observe(e, cpu: c)
       switch e.kind {
       case .alloc: try onAlloc(e, c)
       case .free: try onFree(e, c, batched: batchedFrees[i])
       case .freeBatched:
-        if let order = pendingBatched.removeValue(forKey: c << 32 | e.pfn) { commit(c, e.pfn, order, Int(e.line)) }
+        if let order = pendingBatched.removeValue(forKey: c << 32 | e.pfn) {
+          commit(c, e.pfn, order, Int(e.line), e.context)
+        }
       case .drain: onDrain(e, c)
       case .zoneLocked:
         if e.percpuRefill && PageAllocator.isPcpOrder(Int(e.order)) && Int(e.migrateType) < MigrateType.pcpTypes {
@@ -438,6 +492,7 @@ final class PredictionEngine {
       setMark(e.pfn, PredictionEngine.seen, true)
       cpus[c].lastKind = e.kind
       cpus[c].lastPfn = e.pfn
+      if e.context == ReplayEvent.task { cpus[c].lastTask = i }
     }
     for c in 0..<cpuCount { close(c, next: nil) }
   }
@@ -497,16 +552,32 @@ final class PredictionEngine {
     cpus[c].direct = -1
     if PageAllocator.isPcpOrder(order) && mt < MigrateType.pcpTypes && !direct {
       let pindex = PageAllocator.pcpIndex(order: order, migrateType: mt)!
-      if let head = a.pcpHead(cpu: c, zone: zi, pindex: pindex) {
+      if var head = a.pcpHead(cpu: c, zone: zi, pindex: pindex) {
+        // mm_page_alloc is traced at the end of the allocation: an interrupt after the
+        // block was taken (in the memcg charge, say) can free blocks onto the list first.
+        // For an allocation in task context, the blocks interrupts freed since the CPU's
+        // last task-context event were not there when it took its block.
+        var late: [Int] = []
+        if e.context == ReplayEvent.task && arrivedLate(head, c) {
+          for b in a.pcpBlocks(cpu: c, zone: zi, pindex: pindex) {
+            if !arrivedLate(b, c) {
+              head = b
+              break
+            }
+            late.append(b)
+          }
+        }
         if head == pfn {
           score(.pcpAlloc, order: order, hit: true, line: 0, kernel: "", model: "", reason: "")
+        } else if late.count == a.pcpListLength(cpu: c, zone: zi, pindex: pindex) {
+          // Only blocks freed after the allocation took its own: no prediction.
         } else {
           let place = a.place(of: pfn)
           let held = st[off] == ReplayEngine.pcpHeld
           score(
             .pcpAlloc, order: order, hit: false, line: Int(e.line), kernel: PredictionEngine.hex(pfn),
             model: PredictionEngine.hex(head), reason: pcpMissReason(place, held: held, cpu: c, pindex: pindex))
-          learnFromPcpMiss(c, zi, pindex, pfn, place)
+          learnFromPcpMiss(c, zi, pindex, pfn, place, keep: Set(late))
         }
       }
       a.shadowPcpAllocation(cpu: c, zone: zi, order: order)
@@ -527,7 +598,7 @@ final class PredictionEngine {
   /// but for the rare steal).
   func noteAlloc(_ pfn: Int, _ mt: Int) {
     marks[pfn - zs] = (marks[pfn - zs] & 0x0F) | UInt8(truncatingIfNeeded: (min(mt, 6) + 1) << 4)
-    setMark(pfn, PredictionEngine.refillPlaced, false)
+    setMark(pfn, PredictionEngine.refillPlaced | PredictionEngine.freedOnPcp, false)
     if mt < MigrateType.pcpTypes && !isConfirmed(pfn) && a.migrateType(of: PFN(pfn))?.rawValue != mt {
       a.shadowSetPageblockType(pfn, mt)
       guessed += 1
@@ -561,7 +632,15 @@ final class PredictionEngine {
   /// head, so the blocks the model has above it were elsewhere. Each moves to the list of
   /// another pageblock type (the type of its last allocation when that differs, else
   /// Unmovable, Reclaimable, Movable in turn), unless a traced refill put it there.
-  func learnFromPcpMiss(_ c: Int, _ zi: Int, _ pindex: Int, _ pfn: Int, _ place: BlockPlace) {
+  /// Whether the pcp block at `b` was freed in an interrupt since `c`'s last task-context
+  /// event.
+  func arrivedLate(_ b: Int, _ c: Int) -> Bool {
+    let m = mark(b)
+    return m & PredictionEngine.freedOnPcp != 0 && m & PredictionEngine.freedInInterrupt != 0
+      && Int(enqueued[b - zs]) > cpus[c].lastTask
+  }
+
+  func learnFromPcpMiss(_ c: Int, _ zi: Int, _ pindex: Int, _ pfn: Int, _ place: BlockPlace, keep: Set<Int>) {
     let blocks = a.pcpBlocks(cpu: c, zone: zi, pindex: pindex)
     var above = blocks[...]
     if case .pcp(let pc, _, let li, _, _) = place, pc == c, li == pindex, let k = blocks.firstIndex(of: pfn) {
@@ -576,7 +655,7 @@ final class PredictionEngine {
       }
       above = blocks[..<k]
     }
-    for b in above { relocateOrVanish(b, c, zi, pindex) }
+    for b in above where !keep.contains(b) { relocateOrVanish(b, c, zi, pindex) }
   }
 
   /// A block the trace showed was not on list `pindex` of `c` when the model had it there:
@@ -592,7 +671,7 @@ final class PredictionEngine {
     guard a.claimFreeRange(pfn, count: 1 << order, account: false) == .claimed else { return }
     let st = replay.state
     for p in (pfn - zs)..<(pfn - zs + (1 << order)) { st[p] = 1 &+ ReplayEvent.unknownType }
-    setMark(pfn, PredictionEngine.refillPlaced, false)
+    setMark(pfn, PredictionEngine.refillPlaced | PredictionEngine.freedOnPcp, false)
     vanished += 1
   }
 
@@ -610,11 +689,10 @@ final class PredictionEngine {
         .first { $0 != listType }!
     }
     guard let target = PageAllocator.pcpIndex(order: order, migrateType: alt), target != pindex else { return }
-    if a.shadowMovePcpBlock(pfn, cpu: c, pindex: target, atHead: true) {
-      relocated += 1
-      if !isConfirmed(pfn), a.migrateType(of: PFN(pfn))?.rawValue != alt {
-        a.shadowSetPageblockType(pfn, alt)
-      }
+    insertByTime(pfn, c, zi, target)
+    relocated += 1
+    if !isConfirmed(pfn), a.migrateType(of: PFN(pfn))?.rawValue != alt {
+      a.shadowSetPageblockType(pfn, alt)
     }
   }
 
@@ -659,6 +737,7 @@ final class PredictionEngine {
     }
     if a.shadowMoveToPcpTail(pfn, order: order, cpu: c, pindex: pindex) {
       setMark(pfn, PredictionEngine.refillPlaced, true)
+      setMark(pfn, PredictionEngine.freedOnPcp, false)
     }
   }
 
@@ -746,18 +825,21 @@ final class PredictionEngine {
     if batched {
       pendingBatched[c << 32 | pfn] = order
     } else {
-      commit(c, pfn, order, Int(e.line))
+      commit(c, pfn, order, Int(e.line), e.context)
     }
   }
 
   /// The kernel put a freed block on `c`'s pcp (or the buddy): the model's commit runs
   /// without draining, and its drain decision waits for the CPU's next event.
-  func commit(_ c: Int, _ pfn: Int, _ order: Int, _ line: Int) {
+  func commit(_ c: Int, _ pfn: Int, _ order: Int, _ line: Int, _ context: UInt8) {
     replay.frees += 1
-    setMark(pfn, PredictionEngine.refillPlaced, false)
+    setMark(pfn, PredictionEngine.refillPlaced | PredictionEngine.freedOnPcp, false)
     // The model must hold the block as allocated, as the replay's own record does.
     guard a.place(of: pfn) == .allocated else { return }
     guard let r = a.shadowFreeToPcp(pfn, order: order, cpu: c, extraCount: hidden[c]) else { return }
+    setMark(pfn, PredictionEngine.freedOnPcp, true)
+    setMark(pfn, PredictionEngine.freedInInterrupt, context != ReplayEvent.task)
+    enqueued[pfn - zs] = Int32(truncatingIfNeeded: now)
     var pages = 0
     if r.toFree > 0 {
       let d = a.peekDrain(cpu: c, zone: r.zone, pages: r.toFree, pindex: r.pindex, extraCount: hidden[c])
@@ -825,7 +907,7 @@ final class PredictionEngine {
       b.cursor = PageAllocator.pcpIndex(order: order, migrateType: mt) ?? b.cursor
     }
     for p in (pfn - zs)..<(pfn - zs + (1 << order)) where st[p] == ReplayEngine.pcpHeld { st[p] = 0 }
-    setMark(pfn, PredictionEngine.refillPlaced, false)
+    setMark(pfn, PredictionEngine.refillPlaced | PredictionEngine.freedOnPcp, false)
     b.continuing = true
     b.piecePages += 1 << order
     b.pages += 1 << order

@@ -162,7 +162,21 @@ import PageAllocTestSupport
       switch rng.next() % 3 {
       case 0:
         let target = PageAllocator.pcpIndex(order: order, migrateType: rng.below(3))!
-        #expect(a.shadowMovePcpBlock(pfn.value, cpu: rng.below(2), pindex: target, atHead: rng.next() % 2 == 0))
+        let cpu = rng.below(2)
+        let others = a.pcpBlocks(cpu: cpu, zone: 0, pindex: target).filter { $0 != pfn.value }
+        let position: PageAllocator.PcpPosition =
+          switch rng.next() % 3 {
+          case 0: .head
+          case 1: .tail
+          default: others.isEmpty ? .head : .after(others[rng.below(others.count)])
+          }
+        #expect(a.shadowMovePcpBlock(pfn.value, cpu: cpu, pindex: target, position: position))
+        let now = a.pcpBlocks(cpu: cpu, zone: 0, pindex: target)
+        switch position {
+        case .head: #expect(now.first == pfn.value)
+        case .tail: #expect(now.last == pfn.value)
+        case .after(let prev): #expect(now[now.firstIndex(of: prev)! + 1] == pfn.value)
+        }
       case 1:
         a.shadowSetPageblockType(pfn.value, rng.below(3))
       default:
