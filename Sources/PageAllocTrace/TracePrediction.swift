@@ -53,7 +53,7 @@ public struct PredictionReport: Sendable {
     public var count: Int
   }
 
-  /// In ``PredictedDecision/allCases`` order.
+  /// One per decision, in the order of `PredictedDecision.allCases`.
   public var scores: [Score]
   /// `byOrder[decision][order]`, orders 0...10.
   public var byOrder: [[Score]]
@@ -61,7 +61,7 @@ public struct PredictionReport: Sendable {
   public var missClasses: [MissClass]
   /// The first 20 misses.
   public var misses: [Miss]
-  /// A plain LIFO stack per (CPU, order, migratetype) on the same trace (``LIFOBaseline``):
+  /// A plain LIFO stack per (CPU, order, migratetype) on the same trace (LIFOBaseline.swift):
   /// its pcp allocation figure, for comparison.
   public var baseline: Score
   public var cpuCount: Int
