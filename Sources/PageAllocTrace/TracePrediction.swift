@@ -57,6 +57,9 @@ public struct PredictionReport: Sendable {
   public var scores: [Score]
   /// `byOrder[decision][order]`, orders 0...10.
   public var byOrder: [[Score]]
+  /// For the buddy decisions (refill, buddy_alloc): the decisions whose block an earlier
+  /// event had shown, the ones the model can know the place of (others are 0).
+  public var seenScores: [Score]
   /// Every miss class, by decision, largest first.
   public var missClasses: [MissClass]
   /// The first 20 misses.
@@ -102,6 +105,10 @@ public struct PredictionReport: Sendable {
         .map { "o\($0.offset) \($0.element.hits)/\($0.element.predicted)" }.joined(separator: ", ")
       s += line + "\n"
     }
+    let rs = seenScores[PredictedDecision.allCases.firstIndex(of: .refill)!]
+    let bs = seenScores[PredictedDecision.allCases.firstIndex(of: .buddyAlloc)!]
+    s +=
+      "  on blocks an earlier event had shown: refill \(rs.hits)/\(rs.predicted) \(PredictionReport.percent(rs)), buddy_alloc \(bs.hits)/\(bs.predicted) \(PredictionReport.percent(bs))\n"
     s +=
       "  LIFO baseline (a stack per CPU, order and migratetype) on pcp allocations: \(baseline.hits)/\(baseline.predicted) \(PredictionReport.percent(baseline))\n"
     s +=
@@ -131,6 +138,10 @@ public struct PredictionReport: Sendable {
         .joined(separator: ", ")
       s +=
         "    \"\(d.rawValue)\": {\"predicted\": \(sc.predicted), \"hits\": \(sc.hits), \"by_order\": {\(orders)}},\n"
+    }
+    for d in [PredictedDecision.refill, .buddyAlloc] {
+      let sc = seenScores[PredictedDecision.allCases.firstIndex(of: d)!]
+      s += "    \"\(d.rawValue)_seen_blocks\": {\"predicted\": \(sc.predicted), \"hits\": \(sc.hits)},\n"
     }
     s += "    \"lifo_baseline\": {\"predicted\": \(baseline.predicted), \"hits\": \(baseline.hits)},\n"
     s += "    \"cpus\": \(cpuCount),\n"
@@ -231,6 +242,8 @@ final class PredictionEngine {
     var order: Int
     var model: RmqueuePeek?
     var reason: String
+    /// Whether an earlier event had shown the kernel's block.
+    var seen: Bool
   }
   struct RefillBurst {
     var zone: Int
@@ -291,6 +304,7 @@ final class PredictionEngine {
   var scores = [[PredictionReport.Score]](
     repeating: [PredictionReport.Score](repeating: .init(), count: PageGeometry.orderCount),
     count: PredictedDecision.allCases.count)
+  var seenScores = [PredictionReport.Score](repeating: .init(), count: PredictedDecision.allCases.count)
   var classes: [PredictedDecision: [String: Int]] = [:]
   var misses: [PredictionReport.Miss] = []
   var retyped = 0
@@ -366,6 +380,14 @@ final class PredictionEngine {
     if misses.count < 20 {
       misses.append(PredictionReport.Miss(line: line, kind: d, kernel: kernel(), model: model(), reason: r))
     }
+  }
+
+  /// The same decision counted again when an earlier event had shown the kernel's block.
+  func scoreSeen(_ d: PredictedDecision, hit: Bool, seen: Bool) {
+    guard seen else { return }
+    let i = PredictedDecision.allCases.firstIndex(of: d)!
+    seenScores[i].predicted += 1
+    if hit { seenScores[i].hits += 1 }
   }
 
   static func hex(_ pfn: Int?) -> String { pfn.map { "0x" + String($0, radix: 16) } ?? "none" }
@@ -586,6 +608,7 @@ final class PredictionEngine {
       score(
         .buddyAlloc, order: order, hit: peek?.pfn == pfn, line: Int(e.line), kernel: PredictionEngine.hex(pfn),
         model: PredictionEngine.hex(peek?.pfn), reason: takeMissReason(pfn, peek))
+      scoreSeen(.buddyAlloc, hit: peek?.pfn == pfn, seen: mark(pfn) & PredictionEngine.seen != 0)
     }
     take(pfn, n)
     for p in off..<(off + n) { st[p] = 1 &+ e.migrateType }
@@ -726,7 +749,10 @@ final class PredictionEngine {
     }
     let peek = a.peekRmqueue(zone: zi, order: order, migrateType: mt)
     let reason = peek?.pfn == pfn ? "" : takeMissReason(pfn, peek)
-    cpus[c].refill!.takes.append(Take(line: Int(e.line), pfn: pfn, order: order, model: peek, reason: reason))
+    cpus[c].refill!.takes.append(
+      Take(
+        line: Int(e.line), pfn: pfn, order: order, model: peek, reason: reason,
+        seen: mark(pfn) & PredictionEngine.seen != 0))
     if viaExtfrag { retype(e) } else { learnType(pfn, mt) }
     let st = replay.state
     let off = pfn - zs
@@ -752,6 +778,7 @@ final class PredictionEngine {
     score(
       .buddyAlloc, order: order, hit: peek?.pfn == pfn, line: Int(e.line), kernel: PredictionEngine.hex(pfn),
       model: PredictionEngine.hex(peek?.pfn), reason: takeMissReason(pfn, peek))
+    scoreSeen(.buddyAlloc, hit: peek?.pfn == pfn, seen: mark(pfn) & PredictionEngine.seen != 0)
     if viaExtfrag { retype(e) } else { learnType(pfn, mt) }
     let st = replay.state
     let off = pfn - zs
@@ -789,6 +816,7 @@ final class PredictionEngine {
       score(
         .buddyAlloc, order: t.order, hit: t.model?.pfn == t.pfn, line: t.line, kernel: PredictionEngine.hex(t.pfn),
         model: PredictionEngine.hex(t.model?.pfn), reason: t.reason)
+      scoreSeen(.buddyAlloc, hit: t.model?.pfn == t.pfn, seen: t.seen)
       cpus[c].direct = t.pfn
       return
     }
@@ -796,6 +824,7 @@ final class PredictionEngine {
       score(
         .refill, order: t.order, hit: t.model?.pfn == t.pfn, line: t.line, kernel: PredictionEngine.hex(t.pfn),
         model: PredictionEngine.hex(t.model?.pfn), reason: t.reason)
+      scoreSeen(.refill, hit: t.model?.pfn == t.pfn, seen: t.seen)
     }
     let k = b.takes.count
     score(
@@ -947,7 +976,8 @@ final class PredictionEngine {
     }
     let header = replay.parsed.headerCPUs
     return PredictionReport(
-      scores: totals, byOrder: scores, missClasses: cls, misses: misses, baseline: baseline.score,
+      scores: totals, byOrder: scores, seenScores: seenScores, missClasses: cls, misses: misses,
+      baseline: baseline.score,
       cpuCount: cpuCount,
       cpuSource: header != nil && header! >= replay.parsed.maxCPU + 1
         ? "the trace header's #P:" : "the highest CPU in the trace",
