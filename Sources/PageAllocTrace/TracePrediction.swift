@@ -79,6 +79,8 @@ public struct PredictionReport: Sendable {
   public var blocksRelocated: Int
   /// Pages found (first pass) on the kernel's pcp lists when the trace began.
   public var pretracePcpPages: Int
+  /// Pages of the zone no event names, held allocated.
+  public var unnamedPages: Int
   /// Whether the trace has mm_page_alloc_zone_locked and mm_page_pcpu_drain events.
   public var hasZoneLocked: Bool
   public var hasDrains: Bool
@@ -112,7 +114,7 @@ public struct PredictionReport: Sendable {
     s +=
       "  LIFO baseline (a stack per CPU, order and migratetype) on pcp allocations: \(baseline.hits)/\(baseline.predicted) \(PredictionReport.percent(baseline))\n"
     s +=
-      "  learnt: \(pageblocksRetyped) pageblock types from the trace, \(blocksRelocated) pcp blocks moved to another list, \(pretracePcpPages) pages on pcp lists before the trace\n"
+      "  learnt: \(pageblocksRetyped) pageblock types from the trace, \(blocksRelocated) pcp blocks moved to another list, \(pretracePcpPages) pages on pcp lists before the trace; \(unnamedPages) pages no event names held allocated\n"
     if !missClasses.isEmpty {
       s += "  misses by class:\n"
       for c in missClasses {
@@ -148,6 +150,7 @@ public struct PredictionReport: Sendable {
     s += "    \"pageblocks_retyped\": \(pageblocksRetyped),\n"
     s += "    \"blocks_relocated\": \(blocksRelocated),\n"
     s += "    \"pretrace_pcp_pages\": \(pretracePcpPages),\n"
+    s += "    \"unnamed_pages\": \(unnamedPages),\n"
     s +=
       "    \"miss_classes\": ["
       + missClasses.map {
@@ -982,6 +985,7 @@ final class PredictionEngine {
       cpuSource: header != nil && header! >= replay.parsed.maxCPU + 1
         ? "the trace header's #P:" : "the highest CPU in the trace",
       tuningSource: tuningSource, pageblocksRetyped: retyped, blocksRelocated: relocated,
-      pretracePcpPages: replay.pretracePcpPages, hasZoneLocked: replay.hasZoneLocked, hasDrains: hasDrains)
+      pretracePcpPages: replay.pretracePcpPages, unnamedPages: replay.unnamed, hasZoneLocked: replay.hasZoneLocked,
+      hasDrains: hasDrains)
   }
 }

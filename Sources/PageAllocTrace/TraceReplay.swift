@@ -183,15 +183,20 @@ public enum TraceReplay {
     public var zoneinfo: String?
     /// Sample the free memory over trace time (``ReplayTimeline``).
     public var timeline: Bool
+    /// Predictions: take the pages no event names as free at the start (true when the
+    /// trace began on an empty zone, as the model's own traces do); by default they are
+    /// held allocated.
+    public var unnamedFree: Bool
     public init(
       zone: Range<PFN>? = nil, strict: Bool = false, predict: Bool = false, zoneinfo: String? = nil,
-      timeline: Bool = false
+      timeline: Bool = false, unnamedFree: Bool = false
     ) {
       self.zone = zone
       self.strict = strict
       self.predict = predict
       self.zoneinfo = zoneinfo
       self.timeline = timeline
+      self.unnamedFree = unnamedFree
     }
 
     /// Whether the parse must keep every kmem event and the timestamps.
@@ -415,12 +420,16 @@ final class ReplayEngine {
   static let pcpHeld: UInt8 = 9
   /// Pages a detailed first pass found on pcp lists when the trace began.
   var pretracePcpPages = 0
+  /// Pages of the zone no event names (held allocated in a prediction).
+  var unnamed = 0
   /// Whether the trace has `mm_page_alloc_zone_locked` events (without them a first
   /// allocation says nothing about where the page came from).
   let hasZoneLocked: Bool
   /// Whether the first pass holds the pre-trace pcp pages (a prediction) or leaves them
   /// free (a replay, which claims pages wherever they are free).
   let holdPcpResidents: Bool
+  /// Whether a prediction leaves the pages no event names free.
+  let unnamedFree: Bool
   /// The timeline being sampled (`--timeline`), and the event being applied.
   var sampler: TimelineSampler?
   var currentIndex = 0
@@ -431,6 +440,7 @@ final class ReplayEngine {
     throws(ReplayError)
   {
     self.holdPcpResidents = holdPcpResidents
+    unnamedFree = options.unnamedFree
     self.parsed = parsed
     self.name = name
     strict = options.strict
@@ -492,10 +502,11 @@ final class ReplayEngine {
   deinit { state.deallocate() }
 
   /// Marks the pages whose first event is a free as allocated before the trace, and
-  /// claims them. In a detailed parse (a prediction) a page whose first event is a pcp
-  /// drain, or an allocation of a pcp order that no `mm_page_alloc_zone_locked` or
+  /// claims them. In a prediction, a page whose first event is a pcp drain, or an
+  /// allocation of a pcp order that no `mm_page_alloc_zone_locked` or
   /// `mm_page_alloc_extfrag` took from the buddy first, sat on a pcp list when the trace
-  /// began: it is held out of the buddy the same way (counted in ``pretracePcpPages``).
+  /// began: it is held out of the buddy the same way (counted in ``pretracePcpPages``);
+  /// and so are the pages no event names (``unnamed``).
   func firstPass() {
     let zs = zoneStart
     let ze = zoneEnd
@@ -537,6 +548,15 @@ final class ReplayEngine {
       }
     }
     pretracePcpPages = pcpHeld
+    if holdPcpResidents && !unnamedFree {
+      // A prediction holds the pages the trace never names as allocated: they take part
+      // only as merge partners, and assumed free they put blocks at the heads of the
+      // model's free lists that the kernel's did not have.
+      for p in 0..<n where seen[p] == 0 {
+        st[p] = 1 &+ ReplayEvent.unknownType
+        unnamed &+= 1
+      }
+    }
     // Claim each run of pre-trace pages (not counted as allocations).
     var i = 0
     while i < n {
@@ -551,6 +571,8 @@ final class ReplayEngine {
       preallocated += j - i
       i = j
     }
+    // The report's pre-trace pages are those freed before any allocation.
+    preallocated -= unnamed + pcpHeld
   }
 
   @inline(never)

@@ -30,6 +30,11 @@ struct Replay: ParsableCommand {
       "With --predict: the traced machine's /proc/zoneinfo at the trace's start, for the pcp high, batch and counts. Default: STEM.zoneinfo-before.txt beside the trace, if present."
   )
   var zoneinfo: String?
+  @Flag(
+    help:
+      "With --predict: take the pages no event names as free at the start (a trace that began on an empty zone); by default they are held allocated."
+  )
+  var unnamedFree = false
   @Option(
     help:
       "Write an SVG of the free memory over trace time: free pages per order, the unusable free index at pageblock order, pcp pages, extfrag events and anomalies."
@@ -37,7 +42,8 @@ struct Replay: ParsableCommand {
   var timeline: String?
 
   func run() throws {
-    var options = TraceReplay.Options(strict: strict, predict: predict, zoneinfo: zoneinfo, timeline: timeline != nil)
+    var options = TraceReplay.Options(
+      strict: strict, predict: predict, zoneinfo: zoneinfo, timeline: timeline != nil, unnamedFree: unnamedFree)
     if let zone {
       guard let z = TraceReplay.parseZone(zone) else {
         throw ValidationError("--zone \(zone): expected START-END pfns with START < END, e.g. 0x100000-0x180000")

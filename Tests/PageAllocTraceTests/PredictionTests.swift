@@ -105,7 +105,8 @@ let recordSamplePath: String = {
     let bytes = Array(text.utf8)
     let (r, b) = try bytes.withUnsafeBytes { buf throws(ReplayError) in
       try TraceReplay.run(
-        bytes: buf, name: "self.trace", options: .init(zone: PFN(0)..<PFN(pages), strict: true, predict: true))
+        bytes: buf, name: "self.trace",
+        options: .init(zone: PFN(0)..<PFN(pages), strict: true, predict: true, unnamedFree: true))
     }
     let p = try #require(r.prediction)
     for d in PredictedDecision.allCases {
