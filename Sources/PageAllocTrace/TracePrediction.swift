@@ -132,15 +132,26 @@ public struct PredictionReport: Sendable {
 
   /// The `"prediction"` object of `pagealloc replay --predict --json`.
   public var json: String {
+    // The shape first (each decision's predicted and hits, the misses with line,
+    // kind, kernel and model), then the rest as further keys.
     var s = "{\n"
     for (i, d) in PredictedDecision.allCases.enumerated() {
-      let sc = scores[i]
+      s += "    \"\(d.rawValue)\": {\"predicted\": \(scores[i].predicted), \"hits\": \(scores[i].hits)},\n"
+    }
+    s +=
+      "    \"misses\": ["
+      + misses.map {
+        "{\"line\": \($0.line), \"kind\": \"\($0.kind.rawValue)\", \"kernel\": \(jsonString($0.kernel)), \"model\": \(jsonString($0.model))}"
+      }.joined(separator: ", ") + "],\n"
+    s += "    \"miss_reasons\": [" + misses.map { jsonString($0.reason) }.joined(separator: ", ") + "],\n"
+    s += "    \"by_order\": {\n"
+    s += PredictedDecision.allCases.enumerated().map { (i, d) in
       let orders = byOrder[i].enumerated().filter { $0.element.predicted > 0 }
         .map { "\"\($0.offset)\": {\"predicted\": \($0.element.predicted), \"hits\": \($0.element.hits)}" }
         .joined(separator: ", ")
-      s +=
-        "    \"\(d.rawValue)\": {\"predicted\": \(sc.predicted), \"hits\": \(sc.hits), \"by_order\": {\(orders)}},\n"
-    }
+      return "      \"\(d.rawValue)\": {\(orders)}"
+    }.joined(separator: ",\n")
+    s += "\n    },\n"
     for d in [PredictedDecision.refill, .buddyAlloc] {
       let sc = seenScores[PredictedDecision.allCases.firstIndex(of: d)!]
       s += "    \"\(d.rawValue)_seen_blocks\": {\"predicted\": \(sc.predicted), \"hits\": \(sc.hits)},\n"
@@ -155,11 +166,6 @@ public struct PredictionReport: Sendable {
       "    \"miss_classes\": ["
       + missClasses.map {
         "{\"kind\": \"\($0.kind.rawValue)\", \"reason\": \(jsonString($0.reason)), \"count\": \($0.count)}"
-      }.joined(separator: ", ") + "],\n"
-    s +=
-      "    \"misses\": ["
-      + misses.map {
-        "{\"line\": \($0.line), \"kind\": \"\($0.kind.rawValue)\", \"kernel\": \(jsonString($0.kernel)), \"model\": \(jsonString($0.model)), \"reason\": \(jsonString($0.reason))}"
       }.joined(separator: ", ") + "]\n"
     s += "  }"
     return s

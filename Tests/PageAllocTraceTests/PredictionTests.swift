@@ -153,9 +153,13 @@ let recordSamplePath: String = {
     #expect(json.contains("\"prediction\": {"))
     for d in PredictedDecision.allCases {
       #expect(
-        json.contains("\"\(d.rawValue)\": {\"predicted\": \(p.score(d).predicted), \"hits\": \(p.score(d).hits),"))
+        json.contains("\"\(d.rawValue)\": {\"predicted\": \(p.score(d).predicted), \"hits\": \(p.score(d).hits)},"))
     }
-    #expect(json.contains("\"misses\": [{\"line\": \(p.misses[0].line), \"kind\": \"\(p.misses[0].kind.rawValue)\""))
+    let m = p.misses[0]
+    #expect(
+      json.contains(
+        "\"misses\": [{\"line\": \(m.line), \"kind\": \"\(m.kind.rawValue)\", \"kernel\": \"\(m.kernel)\", \"model\": \"\(m.model)\"}, "
+      ))
     #expect(r.text.contains("pcp_alloc"))
   }
 
