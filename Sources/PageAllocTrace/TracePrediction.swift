@@ -81,6 +81,12 @@ public struct PredictionReport: Sendable {
   public var pretracePcpPages: Int
   /// Pages of the zone no event names, held allocated.
   public var unnamedPages: Int
+  /// pcp blocks a traced refill put on a list that left it with no event (found when the
+  /// kernel took a block below them, or refilled the list): held allocated.
+  public var blocksGoneUntraced: Int
+  /// Pageblock types guessed from an allocation's migratetype before any event showed
+  /// them.
+  public var pageblocksGuessed: Int
   /// Whether the trace has mm_page_alloc_zone_locked and mm_page_pcpu_drain events.
   public var hasZoneLocked: Bool
   public var hasDrains: Bool
@@ -114,7 +120,7 @@ public struct PredictionReport: Sendable {
     s +=
       "  LIFO baseline (a stack per CPU, order and migratetype) on pcp allocations: \(baseline.hits)/\(baseline.predicted) \(PredictionReport.percent(baseline))\n"
     s +=
-      "  learnt: \(pageblocksRetyped) pageblock types from the trace, \(blocksRelocated) pcp blocks moved to another list, \(pretracePcpPages) pages on pcp lists before the trace; \(unnamedPages) pages no event names held allocated\n"
+      "  learnt: \(pageblocksRetyped) pageblock types from the trace (\(pageblocksGuessed) guessed from allocations first), \(blocksRelocated) pcp blocks moved to another list, \(blocksGoneUntraced) gone from their list untraced, \(pretracePcpPages) pages on pcp lists before the trace; \(unnamedPages) pages no event names held allocated\n"
     if !missClasses.isEmpty {
       s += "  misses by class:\n"
       for c in missClasses {
@@ -162,6 +168,8 @@ public struct PredictionReport: Sendable {
     s += "    \"blocks_relocated\": \(blocksRelocated),\n"
     s += "    \"pretrace_pcp_pages\": \(pretracePcpPages),\n"
     s += "    \"unnamed_pages\": \(unnamedPages),\n"
+    s += "    \"blocks_gone_untraced\": \(blocksGoneUntraced),\n"
+    s += "    \"pageblocks_guessed\": \(pageblocksGuessed),\n"
     s +=
       "    \"miss_classes\": ["
       + missClasses.map {
@@ -991,7 +999,7 @@ final class PredictionEngine {
       cpuSource: header != nil && header! >= replay.parsed.maxCPU + 1
         ? "the trace header's #P:" : "the highest CPU in the trace",
       tuningSource: tuningSource, pageblocksRetyped: retyped, blocksRelocated: relocated,
-      pretracePcpPages: replay.pretracePcpPages, unnamedPages: replay.unnamed, hasZoneLocked: replay.hasZoneLocked,
-      hasDrains: hasDrains)
+      pretracePcpPages: replay.pretracePcpPages, unnamedPages: replay.unnamed, blocksGoneUntraced: vanished,
+      pageblocksGuessed: guessed, hasZoneLocked: replay.hasZoneLocked, hasDrains: hasDrains)
   }
 }
