@@ -58,7 +58,7 @@ let package = Package(
     .testTarget(
       name: "PageAllocTests",
       dependencies: [
-        "PageAlloc", "PageAllocTestSupport", "PageAllocStress", "_PageAllocUtilities",
+        "PageAlloc", "PageAllocTestSupport", "PageAllocStress", "PageAllocVMalloc", "_PageAllocUtilities",
         .product(name: "PropertyBased", package: "swift-property-based"),
       ]),
     .testTarget(

@@ -32,6 +32,9 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible {
   case negativePFN(PFN)
   case holeNotSectionAligned(Range<PFN>)
   case mapFailed(String, errno: Int32)
+  /// ``PageAllocator/Configuration/debugPageAlloc`` with backing `.none`: there is no memory
+  /// to protect.
+  case debugPageAllocNeedsMemory
 
   public var description: String {
     switch self {
@@ -47,6 +50,7 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible {
     case .negativePFN(let p): "pfn \(p) is negative"
     case .holeNotSectionAligned(let r): "hole \(r.lowerBound)..<\(r.upperBound) is not section aligned"
     case .mapFailed(let what, let e): "\(what) failed: errno \(e)"
+    case .debugPageAllocNeedsMemory: "debugPageAlloc needs backed memory (.memfd or .anonymous), not .none"
     }
   }
 }
@@ -74,11 +78,29 @@ extension PageAllocator {
     public var printReports: Bool
     /// `vm.percpu_pagelist_high_fraction` (0: auto-tuned high, the default).
     public var percpuPagelistHighFraction: Int
+    /// page_owner (`page_owner=on`): every allocation records its order, flags, thread,
+    /// time and call stack, every free its thread, time and stack; see
+    /// ``PageAllocator/pageOwner(of:)``, ``PageAllocator/pageOwnerText()`` and
+    /// ``PageAllocator/leakReport()``. Off by default; when off it costs one predictable
+    /// branch per allocation and free.
+    public var pageOwner: Bool
+    /// debug_pagealloc (`debug_pagealloc=on`): free pages are made inaccessible
+    /// (`mprotect(PROT_NONE)` of their arena bytes, pages on per-CPU lists included) and
+    /// accessible again when allocated, so a use after free faults at once and a handler
+    /// reports the pfn. Needs backing `.memfd` or `.anonymous`. Off by default.
+    public var debugPageAlloc: Bool
+    /// init_on_alloc: every allocation is zeroed, as if it asked for `.zero`. Poisoning
+    /// takes precedence (as in the kernel, both init options are off while it is on).
+    public var initOnAlloc: Bool
+    /// init_on_free: every free zeroes its pages (an allocation then needs no zeroing, even
+    /// with `.zero`). Poisoning takes precedence.
+    public var initOnFree: Bool
 
     public init(
       zones: [ZoneConfiguration], cpuCount: Int = 2, backing: Backing = .memfd,
       sectionPages: Int = 1 << 15, holes: [Range<PFN>] = [], trapOnBadPage: Bool = false,
-      poisonPages: Bool = false, printReports: Bool = false, percpuPagelistHighFraction: Int = 0
+      poisonPages: Bool = false, printReports: Bool = false, percpuPagelistHighFraction: Int = 0,
+      pageOwner: Bool = false, debugPageAlloc: Bool = false, initOnAlloc: Bool = false, initOnFree: Bool = false
     ) {
       self.zones = zones
       self.cpuCount = cpuCount
@@ -89,6 +111,10 @@ extension PageAllocator {
       self.poisonPages = poisonPages
       self.printReports = printReports
       self.percpuPagelistHighFraction = percpuPagelistHighFraction
+      self.pageOwner = pageOwner
+      self.debugPageAlloc = debugPageAlloc
+      self.initOnAlloc = initOnAlloc
+      self.initOnFree = initOnFree
     }
 
     /// A single Normal zone of `pages` pages starting at pfn 0.

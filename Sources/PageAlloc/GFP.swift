@@ -79,30 +79,27 @@ public struct GFP: OptionSet, Hashable, Sendable, CustomStringConvertible {
     return .normal
   }
 
+  /// The names `%pGg` prints, in the kernel's table order: the composite masks first (each
+  /// consumes its bits), then the single bits.
+  package static let nameTable: [(name: String, mask: GFP)] = [
+    ("GFP_HIGHUSER_MOVABLE", .highUserMovable), ("GFP_KERNEL_ACCOUNT", .kernelAccount),
+    ("GFP_USER", .user), ("GFP_KERNEL", .kernel), ("GFP_ATOMIC", .atomic), ("GFP_NOWAIT", .nowait),
+    ("__GFP_DMA", .dma), ("__GFP_HIGHMEM", .highmem), ("__GFP_DMA32", .dma32),
+    ("__GFP_MOVABLE", .movable), ("__GFP_RECLAIMABLE", .reclaimable), ("__GFP_HIGH", .high),
+    ("__GFP_IO", .io), ("__GFP_FS", .fs), ("__GFP_ZERO", .zero),
+    ("__GFP_DIRECT_RECLAIM", .directReclaim), ("__GFP_KSWAPD_RECLAIM", .kswapdReclaim),
+    ("__GFP_NOWARN", .noWarn), ("__GFP_RETRY_MAYFAIL", .retryMayFail), ("__GFP_NOFAIL", .noFail),
+    ("__GFP_NORETRY", .noRetry), ("__GFP_COMP", .comp), ("__GFP_HARDWALL", .hardwall),
+    ("__GFP_ACCOUNT", .account),
+  ]
+
   /// The kernel's symbolic printing (`show_gfp_flags`), e.g. `GFP_KERNEL|__GFP_ZERO`.
   public var description: String {
     var rest = self
     var parts: [String] = []
-    let composites: [(String, GFP)] = [
-      ("GFP_HIGHUSER_MOVABLE", .highUserMovable), ("GFP_KERNEL_ACCOUNT", .kernelAccount),
-      ("GFP_USER", .user), ("GFP_KERNEL", .kernel), ("GFP_ATOMIC", .atomic), ("GFP_NOWAIT", .nowait),
-    ]
-    for (name, mask) in composites where !mask.isEmpty && rest.isSuperset(of: mask) {
+    for (name, mask) in GFP.nameTable where !mask.isEmpty && rest.isSuperset(of: mask) {
       parts.append(name)
       rest.subtract(mask)
-    }
-    let bits: [(String, GFP)] = [
-      ("__GFP_DMA", .dma), ("__GFP_HIGHMEM", .highmem), ("__GFP_DMA32", .dma32),
-      ("__GFP_MOVABLE", .movable), ("__GFP_RECLAIMABLE", .reclaimable), ("__GFP_HIGH", .high),
-      ("__GFP_IO", .io), ("__GFP_FS", .fs), ("__GFP_ZERO", .zero),
-      ("__GFP_DIRECT_RECLAIM", .directReclaim), ("__GFP_KSWAPD_RECLAIM", .kswapdReclaim),
-      ("__GFP_NOWARN", .noWarn), ("__GFP_RETRY_MAYFAIL", .retryMayFail), ("__GFP_NOFAIL", .noFail),
-      ("__GFP_NORETRY", .noRetry), ("__GFP_COMP", .comp), ("__GFP_HARDWALL", .hardwall),
-      ("__GFP_ACCOUNT", .account),
-    ]
-    for (name, bit) in bits where rest.contains(bit) {
-      parts.append(name)
-      rest.remove(bit)
     }
     return parts.isEmpty ? "0" : parts.joined(separator: "|")
   }

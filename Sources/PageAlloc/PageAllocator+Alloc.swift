@@ -137,8 +137,9 @@ extension PageAllocator {
     return rmqueueBuddy(z, order, mt)
   }
 
-  /// `prep_new_page()` / `post_alloc_hook()`: refcount, compound state, zeroing, poison
-  /// check. The head's flag word already holds the order.
+  /// `prep_new_page()` / `post_alloc_hook()`: refcount, compound state, zeroing; with a
+  /// debugging option on, the hook's steps (PageAllocator+DebugHooks.swift). The head's
+  /// flag word already holds the order.
   @inlinable @inline(__always)
   func prepNewPage(_ pfn: Int, _ order: Int, _ gfp: GFP, frozen: Bool) {
     let r = memMap.presentRecord(pfn)
@@ -152,34 +153,10 @@ extension PageAllocator {
       }
     }
     r.pointee.refcount.store(frozen ? 0 : 1, ordering: .relaxed)
-    if _slowPath(poisoning) { checkPoison(pfn, order) }
-    if _slowPath(gfp.contains(.zero)), let a = arena.address(of: pfn) {
+    if _slowPath(debugging) {
+      debugAllocHook(pfn, order, gfp)
+    } else if _slowPath(gfp.contains(.zero)), let a = arena.address(of: pfn) {
       memset(a, 0, PageGeometry.pageSize &<< order)
     }
-  }
-
-  /// The poison byte of CONFIG_PAGE_POISONING (PAGE_POISON).
-  static let poisonByte: UInt8 = 0xaa
-
-  @usableFromInline @inline(never)
-  func checkPoison(_ pfn: Int, _ order: Int) {
-    for i in 0..<(1 << order) {
-      guard let a = arena.address(of: pfn + i) else { return }
-      let words = a.assumingMemoryBound(to: UInt64.self)
-      var ok = true
-      for w in 0..<(PageGeometry.pageSize / 8) where words[w] != 0xaaaa_aaaa_aaaa_aaaa {
-        ok = false
-        break
-      }
-      if !ok {
-        reportBad(pfn + i, .poisonCorrupted, "pagealloc: memory corruption", "alloc", quarantine: false)
-      }
-    }
-  }
-
-  @usableFromInline @inline(never)
-  func fillPoison(_ pfn: Int, _ count: Int) {
-    guard let a = arena.address(of: pfn) else { return }
-    memset(a, Int32(PageAllocator.poisonByte), count * PageGeometry.pageSize)
   }
 }

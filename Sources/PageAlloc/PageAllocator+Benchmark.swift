@@ -54,7 +54,7 @@ extension PageAllocator {
       if old <= 0 { refcountUnderflow(p, r, "freePagesBypassingPcp") }
       return
     }
-    if _slowPath(poisoning) { fillPoison(p, 1) }
+    if _slowPath(debugging) { debugFreeHook(p, 1) }
     tracePageFree(p, 0)
     zoneFreeBlock(zones + zi, p, 0)
   }
@@ -95,6 +95,7 @@ extension PageAllocator {
       freeBlockContaining(pfn.value) == nil
     else { return false }
     r.pointee.flags.store(0, ordering: .relaxed)
+    if _slowPath(debugging) { debugSplitHook(pfn.value, order) }
     return true
   }
 

@@ -134,7 +134,7 @@ extension PageAllocator {
     var r = memMap.presentRecord(start)
     var q = start
     var runStart = -1
-    let slow = poisoning || tracing.load(ordering: .relaxed)
+    let slow = tracing.load(ordering: .relaxed)
     var recheck = false
     while q < segEnd {
       if frozen && _slowPath(recheck) {
@@ -187,9 +187,11 @@ extension PageAllocator {
     if runStart >= 0 { freePreparedRange(runStart, segEnd &- runStart, zi) }
   }
 
-  /// `free_prepared_contig_range()`: the greedy decomposition of a prepared run.
+  /// `free_prepared_contig_range()`: the greedy decomposition of a prepared run. The
+  /// debug steps run once for the whole run: one stack capture, one protection change.
   @inlinable @inline(__always)
   func freePreparedRange(_ pfn: Int, _ n: Int, _ zi: Int) {
+    if _slowPath(debugging) { debugFreeHook(pfn, n) }
     var p = pfn
     var left = n
     while left > 0 {

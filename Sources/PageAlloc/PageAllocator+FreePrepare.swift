@@ -108,7 +108,7 @@ extension PageAllocator {
         i &+= 1
         t += 1
       }
-      if _slowPath(poisoning) { fillPoison(pfn, n) }
+      if _slowPath(debugging) { debugFreeHook(pfn, n) }
       tracePageFree(pfn, order)
       freePrepared(pfn, order, zi)
       return true
@@ -149,7 +149,6 @@ extension PageAllocator {
         ok = false
       } else {
         qr.pointee.flags.store(0, ordering: .relaxed)
-        if poisoning { fillPoison(q, 1) }
         tracePageFree(q, 0)
       }
       if ok {
@@ -175,7 +174,7 @@ extension PageAllocator {
         return false
       }
       if w != 0 { r.pointee.flags.store(0, ordering: .relaxed) }
-      if _slowPath(poisoning) { fillPoison(pfn, 1) }
+      if _slowPath(debugging) { debugFreeHook(pfn, 1) }
       tracePageFree(pfn, 0)
       freePrepared(pfn, 0, zi)
       return true
@@ -193,13 +192,15 @@ extension PageAllocator {
       return false
     }
     guard preparePageSlow(r, pfn, w, op) else { return false }
+    if debugging { debugFreeHook(pfn, 1) }
     freePrepared(pfn, 0, zi)
     return true
   }
 
   /// The slow part of the order-0 prepare: a page with flags set (or any page while
-  /// poisoning or tracing is on). Returns true when the page may be freed (its flag word is
-  /// then clear).
+  /// tracing is on). Returns true when the page may be freed (its flag word is then clear).
+  /// The debug steps (poisoning, page_owner, protection) are the caller's, once per block
+  /// or run (``debugFreeHook(_:_:)``).
   @usableFromInline @inline(never)
   func preparePageSlow(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ w: UInt32, _ op: String) -> Bool {
     if w & PG.flagMask == 0 {
@@ -208,7 +209,6 @@ extension PageAllocator {
     } else if !classifyBadFree(pfn, w, .prepare, op) {
       return false
     }
-    if poisoning { fillPoison(pfn, 1) }
     tracePageFree(pfn, 0)
     return true
   }

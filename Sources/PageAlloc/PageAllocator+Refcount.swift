@@ -130,5 +130,6 @@ extension PageAllocator {
       t.pointee.refcount.store(1, ordering: .relaxed)
       t += 1
     }
+    if _slowPath(debugging) { debugSplitHook(pfn.value, order) }
   }
 }

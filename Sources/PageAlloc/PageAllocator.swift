@@ -50,6 +50,16 @@ public final class PageAllocator: @unchecked Sendable {
   @usableFromInline let faultsEnabled: Atomic<Bool>
   /// PageBlock and PageRun handles alive, counted in debug builds only (PageBlock.swift).
   @usableFromInline let liveHandles: Atomic<Int>
+  /// Any memory-debugging step on (poisoning, page_owner, debug_pagealloc, init_on_alloc,
+  /// init_on_free): the one branch the allocation and free paths test to reach the debug
+  /// hooks (PageAllocator+DebugHooks.swift).
+  @usableFromInline let debugging: Bool
+  /// What the debug hooks do (DebugPageAlloc.swift).
+  let debug: DebugSettings
+  /// Set when debug_pagealloc ran out of mappings and gave up protecting free pages.
+  let protectionLost: Atomic<Bool>
+  /// mprotect calls made by debug_pagealloc (for tests: one per block or run).
+  package let protectionChanges: Atomic<Int>
 
   /// Bytes from one pcp to the next in ``pcpBase``: three 64-byte cache lines, of which a
   /// ``PerCPUPages`` may fill two (``pcpSlotBytes``, checked in init). Different CPUs write
@@ -73,6 +83,7 @@ public final class PageAllocator: @unchecked Sendable {
       throw ConfigurationError.badSectionSize(sp)
     }
     guard (1...1024).contains(c.cpuCount) else { throw ConfigurationError.badCPUCount(c.cpuCount) }
+    guard !(c.debugPageAlloc && c.backing == .none) else { throw ConfigurationError.debugPageAllocNeedsMemory }
     var seen = Set<ZoneKind>()
     for (i, z) in c.zones.enumerated() {
       guard !z.pfns.isEmpty else { throw ConfigurationError.emptyZone(z.kind) }
@@ -124,6 +135,10 @@ public final class PageAllocator: @unchecked Sendable {
     faultState = LockedState(nil)
     faultsEnabled = Atomic(false)
     liveHandles = Atomic(0)
+    protectionLost = Atomic(false)
+    protectionChanges = Atomic(0)
+    debug = DebugSettings(configuration: c, arena: arena, basePFN: base, endPFN: end)
+    debugging = debug.any || poisoning
 
     zonelists = PageAllocator.makeZonelists(c.zones)
     zones = PageAllocator.makeZones(c.zones)
@@ -147,6 +162,7 @@ public final class PageAllocator: @unchecked Sendable {
     zones.deinitialize(count: zoneCount)
     zones.deallocate()
     zonelists.deallocate()
+    debug.deallocate()
     arena.deallocate()
     memMap.deallocate()
   }
@@ -270,7 +286,8 @@ public final class PageAllocator: @unchecked Sendable {
 
   /// Gives the memory of every page now free in the buddy back to the OS (`MADV_REMOVE` /
   /// hole punching): free pages then read back as zeroes and cost no RAM. Returns the pages
-  /// discarded. The pcp lists are drained first.
+  /// discarded. The pcp lists are drained first. With poisoning, the discarded pages are
+  /// no longer checked on allocation (they hold zeroes, not poison).
   @discardableResult
   public func releaseFreeMemory() -> Int {
     guard arena.base != nil else { return 0 }
@@ -285,6 +302,8 @@ public final class PageAllocator: @unchecked Sendable {
           let r = memMap.presentRecord(Int(p))
           let order = PG.order(r.pointee.flags.load(ordering: .relaxed))
           arena.discard(Int(p), count: 1 << order)
+          // Discarded pages read back as zeroes: they hold no poison to check any more.
+          if let marks = debug.poisoned { (marks + (Int(p) - debug.basePFN)).update(repeating: 0, count: 1 << order) }
           total += 1 << order
           p = r.pointee.next
         }

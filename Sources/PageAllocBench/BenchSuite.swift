@@ -100,6 +100,7 @@ public enum BenchRegistry {
     .bulk,
     .cma,
     .traceOverhead,
+    .debug,
     .vmalloc,
   ]
 

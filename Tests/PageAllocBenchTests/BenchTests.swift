@@ -36,6 +36,23 @@ import PageAllocTestSupport
     #expect(try variants("frozen-range") == ["per-page", "contig"])
     #expect(try variants("order0") == ["pcp", "pcp-threads-2", "bypass", "bypass-threads-2", "handle"])
     #expect(try variants("bulk") == ["per-page", "bulk"])
+    #expect(
+      try variants("debug") == [
+        "order0 off", "order0 page_owner", "order0 debug_pagealloc", "contig off", "contig page_owner",
+        "contig debug_pagealloc",
+      ])
+  }
+
+  /// The debug suite's ratios: page_owner and debug_pagealloc over off, per loop.
+  @Test func debugSuiteRatios() throws {
+    let results = try BenchSuite.debug.run(Self.tiny)
+    let ratios = Dictionary(uniqueKeysWithValues: BenchSuite.debug.ratios(results))
+    #expect(
+      Set(ratios.keys) == [
+        "debug.order0.page_owner_over_off", "debug.order0.debug_pagealloc_over_off",
+        "debug.contig.page_owner_over_off", "debug.contig.debug_pagealloc_over_off",
+      ])
+    for (_, v) in ratios { #expect(v > 0 && v.isFinite) }
   }
 
   @Test("high-order runs every order 0...10", arguments: [0, 1, 3, 4, 10])
@@ -161,7 +178,8 @@ import PageAllocTestSupport
   @Test func registryNamesAreUnique() {
     let names = BenchRegistry.suites.map(\.name)
     #expect(Set(names).count == names.count)
-    #expect(names == ["high-order", "floor", "frozen-range", "order0", "bulk", "cma", "trace-overhead", "vmalloc"])
+    #expect(
+      names == ["high-order", "floor", "frozen-range", "order0", "bulk", "cma", "trace-overhead", "debug", "vmalloc"])
     #expect(BenchRegistry.suite(named: "nope") == nil)
   }
 }
