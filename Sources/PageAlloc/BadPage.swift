@@ -119,7 +119,8 @@ extension PageAllocator {
       // Only a page that is not already free or quarantined is taken out.
       let w = r.pointee.flags.load(ordering: .relaxed)
       if w & (PG.freeMask | PG.quarantined) == 0 {
-        r.pointee.flags.store(PG.quarantined | (w & PG.flagMask & ~(PG.head | PG.tail)), ordering: .relaxed)
+        r.pointee.flags.store(
+          PG.quarantined | (w & PG.flagMask & ~(PG.head | PG.tail | PG.tailsTouched)), ordering: .relaxed)
         quarantined.wrappingAdd(1, ordering: .relaxed)
       }
     }

@@ -95,12 +95,39 @@ extension PageAllocator {
     /// init_on_free: every free zeroes its pages (an allocation then needs no zeroing, even
     /// with `.zero`). Poisoning takes precedence.
     public var initOnFree: Bool
+    /// The page-state checks of CONFIG_DEBUG_VM (the kernel's `check_pages=1`; off by
+    /// default, as in a production kernel): every page of a block is checked when it is
+    /// freed (`free_page_is_bad()`, and `free_tail_page_prepare()`'s checks for a compound
+    /// page) and when it is allocated (`check_new_pages()`).
+    ///
+    /// What each setting checks:
+    /// - Always: the head page of every freed block (free already, a tail, quarantined,
+    ///   another order, PAGE_FLAGS_CHECK_AT_FREE flags, its reference count) and every
+    ///   order-0 free. A free of a block one of whose tails a call reached on its own
+    ///   (freed or quarantined it through the tail's pfn, or set flags on it) is caught too:
+    ///   such a call marks the block, whose free then reads every tail. So no bad free
+    ///   reaches a free list in either setting.
+    /// - Without `checkPages` a block no call reached through a tail is freed without its
+    ///   tails being read, as the kernel does without CONFIG_DEBUG_VM: a non-compound
+    ///   block's free touches the head's record only, a compound page's writes its tails
+    ///   back to clean. Flags a caller set on a tail (``PageAllocator/setPageFlags(_:_:)``)
+    ///   are cleared without a report, as the kernel's free clears them.
+    /// - With `checkPages` every tail is read and checked on free (such a flag is reported
+    ///   and the page quarantined), and every page of a block being allocated is checked.
+    ///   Free pages belong to the allocator, so the allocation check can only find a
+    ///   record broken by a bug. A hardware-poisoned tail is kept out of use either way.
+    ///
+    /// Page poisoning (``poisonPages``), ``initOnAlloc``, ``initOnFree`` and
+    /// ``debugPageAlloc`` turn the checks on too, as they turn on the kernel's
+    /// `check_pages_enabled`; ``pageOwner`` does not.
+    public var checkPages: Bool
 
     public init(
       zones: [ZoneConfiguration], cpuCount: Int = 2, backing: Backing = .memfd,
       sectionPages: Int = 1 << 15, holes: [Range<PFN>] = [], trapOnBadPage: Bool = false,
       poisonPages: Bool = false, printReports: Bool = false, percpuPagelistHighFraction: Int = 0,
-      pageOwner: Bool = false, debugPageAlloc: Bool = false, initOnAlloc: Bool = false, initOnFree: Bool = false
+      pageOwner: Bool = false, debugPageAlloc: Bool = false, initOnAlloc: Bool = false, initOnFree: Bool = false,
+      checkPages: Bool = false
     ) {
       self.zones = zones
       self.cpuCount = cpuCount
@@ -115,6 +142,7 @@ extension PageAllocator {
       self.debugPageAlloc = debugPageAlloc
       self.initOnAlloc = initOnAlloc
       self.initOnFree = initOnFree
+      self.checkPages = checkPages
     }
 
     /// A single Normal zone of `pages` pages starting at pfn 0.

@@ -18,7 +18,7 @@ extension PageAllocator {
   /// tries once more, as the kernel's direct-reclaim path does when reclaim frees nothing.
   ///
   /// - Complexity: O(1) from a per-CPU list; O(MAX_PAGE_ORDER) from the buddy, plus
-  ///   O(2^order) for `.comp`, `.zero` and page poisoning.
+  ///   O(2^order) for `.comp`, `.zero`, page poisoning and ``Configuration/checkPages``.
   @inlinable
   public func allocPages(order: Int, gfp: GFP) -> PFN? {
     guard let p = allocInternal(order, gfp, frozen: false) else { return nil }
@@ -63,7 +63,7 @@ extension PageAllocator {
     let first = zonelist(for: highest).preferred
     if _fastPath(first >= 0) {
       let z = zones + first
-      if watermarkOK(z, order, z.pointee.wmarkLow, highest), let pfn = rmqueueTop(z, first, order, mt) {
+      if watermarkOK(z, order, z.pointee.wmarkLow, highest), let pfn = rmqueueChecked(z, first, order, mt) {
         prepNewPage(pfn, order, gfp, frozen: frozen)
         tracePageAlloc(pfn, order, mt, gfp)
         return pfn
@@ -83,7 +83,7 @@ extension PageAllocator {
         let z = zones + zi
         let mark = pass == 0 ? z.pointee.wmarkLow : reserveMark(z.pointee.wmarkMin, gfp)
         if watermarkOK(z, order, mark, highest) {
-          if let pfn = rmqueueTop(z, zi, order, mt) {
+          if let pfn = rmqueueChecked(z, zi, order, mt) {
             prepNewPage(pfn, order, gfp, frozen: frozen)
             tracePageAlloc(pfn, order, mt, gfp)
             return pfn
@@ -139,7 +139,8 @@ extension PageAllocator {
 
   /// `prep_new_page()` / `post_alloc_hook()`: refcount, compound state, zeroing; with a
   /// debugging option on, the hook's steps (PageAllocator+DebugHooks.swift). The head's
-  /// flag word already holds the order.
+  /// flag word already holds the order. A non-compound block's tails are not touched (they
+  /// are clean on the free lists): O(1) but for `.comp`, `.zero` and the debugging options.
   @inlinable @inline(__always)
   func prepNewPage(_ pfn: Int, _ order: Int, _ gfp: GFP, frozen: Bool) {
     let r = memMap.presentRecord(pfn)

@@ -21,6 +21,7 @@ extension PageAllocator {
         let z = zones + zi
         let mark = pass == 0 ? z.pointee.wmarkLow : reserveMark(z.pointee.wmarkMin, gfp)
         if watermarkOK(z, order, mark, highest), let pfn = rmqueueBuddy(z, order, mt) {
+          if _slowPath(checksPages) && !checkNewPages(pfn, order, zi) { continue }
           prepNewPage(pfn, order, gfp, frozen: false)
           tracePageAlloc(pfn, order, mt, gfp)
           return PFN(pfn)
@@ -91,7 +92,8 @@ extension PageAllocator {
   public func splitFrozenBlock(_ pfn: PFN, order: Int) -> Bool {
     guard let r = memMap.record(pfn.value), zoneIndex(pfn.value) != nil else { return false }
     let w = r.pointee.flags.load(ordering: .relaxed)
-    guard w & PG.flagMask == 0, PG.order(w) == order, r.pointee.refcount.load(ordering: .relaxed) == 0,
+    guard w & PG.flagMask & ~PG.tailsTouched == 0, PG.order(w) == order,
+      r.pointee.refcount.load(ordering: .relaxed) == 0,
       freeBlockContaining(pfn.value) == nil
     else { return false }
     r.pointee.flags.store(0, ordering: .relaxed)

@@ -91,9 +91,12 @@ extension PageAllocator {
   func freeContigCommon(_ pfn: Int, _ n: Int, frozen: Bool, _ op: String) {
     var p = pfn
     let end = pfn &+ n
-    if frozen, memMap.record(p) != nil, let blk = freeBlockContaining(p) {
+    if frozen, memMap.record(p) != nil, let blk = markTailTouched(p) {
       // A frozen page has no reference to underflow: a range starting inside a free block
       // is found by its head. (A free block starting inside the range is caught per page.)
+      // A range starting at a tail of an allocated block marks that block, whose free
+      // then reads its tails. (One that crosses a non-compound block's head frees the head
+      // as an order-0 page: the block is gone. A compound head it crosses is quarantined.)
       reportInsideFreeBlock(p, blk.head, op)
       p = min(blk.head &+ (1 &<< blk.order), end)
     }

@@ -38,6 +38,10 @@ public final class PageAllocator: @unchecked Sendable {
   /// highest zone is `kind`, best first; ``Zonelist/end`` ends a shorter list.
   @usableFromInline let zonelists: UnsafeMutablePointer<Int8>
   @usableFromInline let poisoning: Bool
+  /// `is_check_pages_enabled()`: every page of a block is checked on free and on
+  /// allocation (``Configuration/checkPages``, or a debug option that implies it). The one
+  /// switch the free and allocation paths test.
+  @usableFromInline let checksPages: Bool
   @usableFromInline let trapOnBad: Bool
   /// Quick test for the slow free path: poisoning or tracing on.
   @usableFromInline let tracing: Atomic<Bool>
@@ -126,6 +130,9 @@ public final class PageAllocator: @unchecked Sendable {
     cpuCount = c.cpuCount
     zoneCount = c.zones.count
     poisoning = c.poisonPages && c.backing != .none
+    // mem_debugging_and_hardening_init(): page poisoning, init_on_alloc, init_on_free and
+    // debug_pagealloc turn the checks on as well (page_owner does not).
+    checksPages = c.checkPages || c.poisonPages || c.initOnAlloc || c.initOnFree || c.debugPageAlloc
     trapOnBad = c.trapOnBadPage
     tracing = Atomic(false)
     quarantined = Atomic(0)

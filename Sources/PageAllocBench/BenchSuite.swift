@@ -97,6 +97,7 @@ public enum BenchRegistry {
     .floor,
     .frozenRange,
     .order0,
+    .thp,
     .bulk,
     .cma,
     .traceOverhead,

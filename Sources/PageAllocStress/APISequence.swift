@@ -170,12 +170,20 @@ package struct APISequence {
   /// of inputs a second, with every boundary the checks care about. A DMA zone ending at
   /// pfn 1000, inside the pageblock 512..<1024 it shares with the Normal zone; a Normal
   /// zone up to 8192 with a one-section memmap hole at 4096..<5120; 1024-page sections;
-  /// two CPUs; no memory behind the pages.
+  /// two CPUs; no memory behind the pages; every page of a block checked (`checkPages`).
   package static let fuzzConfiguration = PageAllocator.Configuration(
     zones: [
       ZoneConfiguration(kind: .dma, pfns: PFN(0)..<PFN(1000)),
       ZoneConfiguration(kind: .normal, pfns: PFN(1000)..<PFN(8192)),
-    ], cpuCount: 2, backing: .none, sectionPages: 1024, holes: [PFN(4096)..<PFN(5120)])
+    ], cpuCount: 2, backing: .none, sectionPages: 1024, holes: [PFN(4096)..<PFN(5120)], checkPages: true)
+
+  /// ``fuzzConfiguration`` without `checkPages`: the setting in which a free of a
+  /// non-compound block reads its head only, whose bad frees must be contained as well.
+  package static var fuzzConfigurationWithoutPageChecks: PageAllocator.Configuration {
+    var c = fuzzConfiguration
+    c.checkPages = false
+    return c
+  }
 
   package let allocator: PageAllocator
   package private(set) var held = HeldSet()

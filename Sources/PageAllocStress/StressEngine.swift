@@ -54,7 +54,8 @@ public struct StressConfiguration: Sendable {
     self.backing = backing
   }
 
-  /// The allocator configuration the engine builds.
+  /// The allocator configuration the engine builds: with every page of a block checked on
+  /// free and allocation (`checkPages`), as the kernel's debug configurations do.
   public var allocatorConfiguration: PageAllocator.Configuration {
     let hole = (pages / 2) & ~4095
     return PageAllocator.Configuration(
@@ -63,7 +64,7 @@ public struct StressConfiguration: Sendable {
         ZoneConfiguration(kind: .normal, pfns: PFN(4096)..<PFN(pages)),
       ], cpuCount: max(threads, 2),
       backing: backing ?? extensions.lazy.compactMap(\.requiredBacking).first ?? .none, sectionPages: 4096,
-      holes: pages >= 16384 ? [PFN(hole)..<PFN(hole + 4096)] : [], pageOwner: pageOwner)
+      holes: pages >= 16384 ? [PFN(hole)..<PFN(hole + 4096)] : [], pageOwner: pageOwner, checkPages: true)
   }
 }
 

@@ -8,21 +8,25 @@ import _PageAllocUtilities
 /// workload in a test as in the tools.
 package typealias TestRNG = SeededRandom
 
+/// The tests' allocator: one Normal zone; every page of a block checked on free and
+/// allocation (`checkPages`) unless a test asks for the kernel's default.
 package func makeAllocator(
   pages: Int = 1 << 16, cpus: Int = 1, section: Int = 1 << 15, backing: Backing = .none,
-  holes: [Range<PFN>] = [], poison: Bool = false
+  holes: [Range<PFN>] = [], poison: Bool = false, checkPages: Bool = true
 ) throws -> PageAllocator {
   try PageAllocator(
     configuration: .init(
       zones: [ZoneConfiguration(kind: .normal, pfns: PFN(0)..<PFN(pages))], cpuCount: cpus,
-      backing: backing, sectionPages: section, holes: holes, poisonPages: poison))
+      backing: backing, sectionPages: section, holes: holes, poisonPages: poison, checkPages: checkPages))
 }
 
 /// A memfd-backed allocator (one Normal zone, two CPUs) and a vmalloc over it.
 package func makeVMalloc(
   pages: Int = 1 << 14, vmalloc config: VMalloc.Configuration = .init()
 ) throws -> (PageAllocator, VMalloc) {
-  let a = try PageAllocator(configuration: .normal(pages: pages, cpuCount: 2, backing: .memfd))
+  var c = PageAllocator.Configuration.normal(pages: pages, cpuCount: 2, backing: .memfd)
+  c.checkPages = true
+  let a = try PageAllocator(configuration: c)
   let v = try VMalloc(allocator: a, configuration: config)
   return (a, v)
 }
@@ -35,9 +39,11 @@ package func makeTracedAllocator(pages: Int = 1 << 16, cpus: Int = 1) throws -> 
   return (a, t)
 }
 
-/// The fuzzer's allocator (`APISequence.fuzzConfiguration`), for the regressions it found.
-package func makeFuzzAllocator() throws -> PageAllocator {
-  try PageAllocator(configuration: APISequence.fuzzConfiguration)
+/// The fuzzer's allocator (`APISequence.fuzzConfiguration`), for the regressions it found;
+/// `checkPages: false` gives the same allocator with the kernel's default setting.
+package func makeFuzzAllocator(checkPages: Bool = true) throws -> PageAllocator {
+  try PageAllocator(
+    configuration: checkPages ? APISequence.fuzzConfiguration : APISequence.fuzzConfigurationWithoutPageChecks)
 }
 
 /// Allocates order-10 blocks until every page of `range` is allocated, splits them, and

@@ -42,6 +42,12 @@ enum PG {
   @usableFromInline static let active: UInt32 = 1 << 11
   @usableFromInline static let unevictable: UInt32 = 1 << 12
   @usableFromInline static let mlocked: UInt32 = 1 << 13
+  /// Ours, with no kernel counterpart: set on the head of an allocated block (compound or
+  /// not) when one of its tail pages is changed on its own (flags set on it, freed,
+  /// quarantined) while the block is allocated. Without it each tail is in the state the
+  /// allocation left it in, which is what lets the block's free skip reading the tails
+  /// (PageAllocator+TailState.swift).
+  @usableFromInline static let tailsTouched: UInt32 = 1 << 14
 
   /// PAGE_FLAGS_CHECK_AT_FREE (the subset we model).
   @usableFromInline static let checkAtFree: UInt32 =
