@@ -97,6 +97,10 @@ extension PageAllocator {
   /// Hardware-poisoned pages taken out of use at free time (part of the quarantine).
   public var hwpoisonedPageCount: Int { hwpoisoned.load(ordering: .relaxed) }
 
+  /// Pages freed while mlocked (the kernel's UNEVICTABLE_PGCLEARED event): the flag is
+  /// cleared and the page freed, not reported.
+  public var mlockedPagesCleared: Int { mlockCleared.load(ordering: .relaxed) }
+
   /// Allocations that failed (returned nil).
   public var allocationFailureCount: Int { reports.withLock { $0.allocFailures } }
 

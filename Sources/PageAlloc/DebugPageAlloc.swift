@@ -101,7 +101,7 @@ struct DebugSettings {
   /// Gives the fault handler the gfp names it prints (`%pGg`), composites first.
   static func registerGFPNames() {
     guard !gfpNamesRegistered.exchange(true, ordering: .acquiringAndReleasing) else { return }
-    let table = GFP.nameTable
+    let table = GFP.names
     let masks = table.map(\.mask.rawValue)
     let copies = table.map { strdup($0.name) }
     defer { for c in copies { free(c) } }

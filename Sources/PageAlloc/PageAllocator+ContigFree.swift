@@ -157,6 +157,8 @@ extension PageAllocator {
       if frozen {
         ok = r.pointee.refcount.load(ordering: .relaxed) == 0
         if _slowPath(!ok) {
+          // free_pages_prepare() traces before it finds the reference.
+          tracePageFree(q, 0)
           reportNonzeroRefcount(q, op)
         }
       } else {
@@ -174,6 +176,8 @@ extension PageAllocator {
             // (reported) head, or they would be freed a second time.
             skip = min(1 &<< PG.order(w), segEnd &- q)
           }
+          // free_pages_prepare(page, 0): mm_page_free first, then the checks.
+          tracePageFree(q, 0)
           ok = preparePageSlow(r, q, w, op)
         }
       }

@@ -85,20 +85,36 @@ extension PageAllocator {
   }
 
   /// `free_pages_prepare()` + `__free_frozen_pages()` for a block whose head refcount is
-  /// zero. The head is always checked (`free_page_is_bad()`, hwpoison, free already, a
-  /// tail, quarantined). The tails are read only when they can differ from the state the
-  /// allocation left them in: in a block marked ``PG/tailsTouched`` (or, with
-  /// `tailsTouched`, the tail halves of such a block), and in every block when
-  /// ``checksPages``; then one pass checks and clears each. Otherwise a non-compound
-  /// block's free touches the head's record only, O(1), and a compound page's clears its
-  /// tails without reading them, as `free_tail_page_prepare()` does with the checks off.
-  /// A clean block is freed whole. The kernel leaks a whole block when one page is bad; PageAlloc
-  /// quarantines the bad pages only and frees the rest as order-0 runs.
+  /// zero: see ``prepareBlock(_:_:_:_:tailsTouched:)``; a clean block is freed whole.
   @discardableResult
   @usableFromInline
   func freeBlockChecked(_ pfn: Int, _ order: Int, _ zi: Int, _ op: String, tailsTouched touched: Bool = false) -> Bool {
+    if _fastPath(order == 0) { return freeOrder0Checked(memMap.presentRecord(pfn), pfn, zi, op) }
+    guard prepareBlock(pfn, order, zi, op, tailsTouched: touched) else { return false }
+    freePrepared(pfn, order, zi)
+    return true
+  }
+
+  /// `__free_pages_prepare()` for a block whose head refcount is zero. mm_page_free is
+  /// traced first, before any check, as the kernel does. The head is always checked
+  /// (`free_page_is_bad()`, hwpoison, free already, a tail, quarantined); a mlocked head is
+  /// cleared, counted (UNEVICTABLE_PGCLEARED) and freed like any other. The tails are read
+  /// only when they can differ from the state the allocation left them in: in a block
+  /// marked ``PG/tailsTouched`` (or, with `tailsTouched`, the tail halves of such a block),
+  /// and in every block when ``checksPages``; then one pass checks and clears each.
+  /// Otherwise a non-compound block's free touches the head's record only, O(1), and a
+  /// compound page's clears its tails without reading them, as `free_tail_page_prepare()`
+  /// does with the checks off.
+  ///
+  /// Returns true when the block is clean and ready for `__free_frozen_pages()`. Otherwise
+  /// the block has been dealt with here: the kernel leaks a whole block when one page is
+  /// bad; PageAlloc quarantines the bad pages only and frees the rest as order-0 runs (not
+  /// traced again: the block's event covers them).
+  @usableFromInline @inline(__always)
+  func prepareBlock(_ pfn: Int, _ order: Int, _ zi: Int, _ op: String, tailsTouched touched: Bool = false) -> Bool {
     let r = memMap.presentRecord(pfn)
-    if _fastPath(order == 0) { return freeOrder0Checked(r, pfn, zi, op) }
+    if order == 0 { return prepareOrder0(r, pfn, op) }
+    tracePageFree(pfn, order)
     let w = r.pointee.flags.load(ordering: .relaxed)
     let headOK =
       w & (PG.checkAtFree | PG.freeMask | PG.tail | PG.hwpoison | PG.quarantined) == 0
@@ -108,12 +124,18 @@ extension PageAllocator {
     if _fastPath(headOK && !checksPages && !touched && w & PG.tailsTouched == 0) {
       if _slowPath(w & PG.head != 0) { clearCompoundTails(r, order) }
       r.pointee.flags.store(0, ordering: .relaxed)
+      if _slowPath(w & PG.mlocked != 0) { countMlockCleared(w, order) }
       if _slowPath(debugging) { debugFreeHook(pfn, 1 &<< order) }
-      tracePageFree(pfn, order)
-      freePrepared(pfn, order, zi)
       return true
     }
-    return freeBlockTails(r, pfn, order, zi, op, w, headOK)
+    return prepareBlockTails(r, pfn, order, zi, op, w, headOK)
+  }
+
+  /// UNEVICTABLE_PGCLEARED for a mlocked block being freed: a folio counts all its pages,
+  /// a non-compound block is one page to the kernel's `folio_nr_pages()`.
+  @usableFromInline @inline(never)
+  func countMlockCleared(_ w: UInt32, _ order: Int) {
+    mlockCleared.wrappingAdd(w & PG.head != 0 ? 1 &<< order : 1, ordering: .relaxed)
   }
 
   /// `free_tail_page_prepare()` with the checks off, for a compound page no call reached
@@ -125,8 +147,8 @@ extension PageAllocator {
     memset(UnsafeMutableRawPointer(r + 1), 0, ((1 &<< order) &- 1) &* MemoryLayout<PageRecord>.stride)
   }
 
-  /// The tail pass of ``freeBlockChecked(_:_:_:_:tailsTouched:)``: each tail is checked and
-  /// cleared in the same pass, and the block freed whole when all are good; at the first
+  /// The tail pass of ``prepareBlock(_:_:_:_:tailsTouched:)``: each tail is checked and
+  /// cleared in the same pass, and the block prepared whole when all are good; at the first
   /// bad one the block is salvaged (``salvageBlock(_:_:_:_:_:compound:)``), which sees the
   /// tails cleared so far as clean pages.
   ///
@@ -136,7 +158,7 @@ extension PageAllocator {
   /// poisoned or referenced is bad in either setting, since freeing it would corrupt a
   /// free list or hand out a page the allocator must keep.
   @usableFromInline @inline(never)
-  func freeBlockTails(
+  func prepareBlockTails(
     _ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ order: Int, _ zi: Int, _ op: String, _ w: UInt32,
     _ headOK: Bool
   ) -> Bool {
@@ -165,9 +187,8 @@ extension PageAllocator {
       }
       if _fastPath(good) {
         r.pointee.flags.store(0, ordering: .relaxed)
+        if _slowPath(w & PG.mlocked != 0) { countMlockCleared(w, order) }
         if _slowPath(debugging) { debugFreeHook(pfn, 1 &<< order) }
-        tracePageFree(pfn, order)
-        freePrepared(pfn, order, zi)
         return true
       }
     }
@@ -210,7 +231,6 @@ extension PageAllocator {
       } else if qw != 0 && j != 0 && !checksPages && qw & ~PG.checkAtFree == 0 {
         // A tail's flags, cleared without a look when the checks are off.
         qr.pointee.flags.store(0, ordering: .relaxed)
-        tracePageFree(q, 0)
       } else if qw != 0 {
         qr.pointee.flags.store(qw, ordering: .relaxed)
         ok = preparePageSlow(qr, q, qw, op)
@@ -221,7 +241,6 @@ extension PageAllocator {
         ok = false
       } else {
         qr.pointee.flags.store(0, ordering: .relaxed)
-        tracePageFree(q, 0)
       }
       if ok {
         if runStart < 0 { runStart = q }
@@ -238,6 +257,16 @@ extension PageAllocator {
   @discardableResult
   @inlinable @inline(__always)
   func freeOrder0Checked(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ zi: Int, _ op: String) -> Bool {
+    guard prepareOrder0(r, pfn, op) else { return false }
+    freePrepared(pfn, 0, zi)
+    return true
+  }
+
+  /// ``prepareBlock(_:_:_:_:tailsTouched:)`` for order 0: mm_page_free, then the checks, then
+  /// the debug steps. Returns true when the page may be freed (its flag word is then clear).
+  @inlinable @inline(__always)
+  func prepareOrder0(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ op: String) -> Bool {
+    tracePageFree(pfn, 0)
     let w = r.pointee.flags.load(ordering: .relaxed)
     if _fastPath(w & PG.flagMask == 0) {
       if _slowPath(r.pointee.refcount.load(ordering: .relaxed) != 0) {
@@ -246,17 +275,13 @@ extension PageAllocator {
       }
       if w != 0 { r.pointee.flags.store(0, ordering: .relaxed) }
       if _slowPath(debugging) { debugFreeHook(pfn, 1) }
-      tracePageFree(pfn, 0)
-      freePrepared(pfn, 0, zi)
       return true
     }
-    return freeOrder0Slow(r, pfn, w, zi, op)
+    return prepareOrder0Slow(r, pfn, w, op)
   }
 
   @usableFromInline @inline(never)
-  func freeOrder0Slow(
-    _ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ w: UInt32, _ zi: Int, _ op: String
-  ) -> Bool {
+  func prepareOrder0Slow(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ w: UInt32, _ op: String) -> Bool {
     if w & PG.head != 0 {
       // A compound page that somehow lost its order (cannot happen for order 0).
       reportBad(pfn, .compound, "compound page freed at order 0", op, quarantine: true)
@@ -264,16 +289,23 @@ extension PageAllocator {
     }
     guard preparePageSlow(r, pfn, w, op) else { return false }
     if debugging { debugFreeHook(pfn, 1) }
-    freePrepared(pfn, 0, zi)
     return true
   }
 
-  /// The slow part of the order-0 prepare: a page with flags set (or any page while
-  /// tracing is on). Returns true when the page may be freed (its flag word is then clear).
-  /// The debug steps (poisoning, page_owner, protection) are the caller's, once per block
-  /// or run (``debugFreeHook(_:_:)``).
+  /// The slow part of the order-0 prepare, after mm_page_free (the callers trace): a page
+  /// with flags set (or any page while tracing is on). A mlocked page is cleared and counted
+  /// (UNEVICTABLE_PGCLEARED) first, as `__free_pages_prepare()` does; any other flag is
+  /// checked. Returns true when the page may be freed (its flag word is then clear). The
+  /// debug steps (poisoning, page_owner, protection) are the caller's, once per block or
+  /// run (``debugFreeHook(_:_:)``).
   @usableFromInline @inline(never)
-  func preparePageSlow(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ w: UInt32, _ op: String) -> Bool {
+  func preparePageSlow(_ r: UnsafeMutablePointer<PageRecord>, _ pfn: Int, _ wIn: UInt32, _ op: String) -> Bool {
+    var w = wIn
+    if w & PG.mlocked != 0 && w & (PG.freeMask | PG.quarantined) == 0 {
+      mlockCleared.wrappingAdd(1, ordering: .relaxed)
+      w &= ~PG.mlocked
+      r.pointee.flags.store(w, ordering: .relaxed)
+    }
     if w & PG.flagMask & ~PG.tailsTouched == 0 {
       // Only an order left in the word (and maybe the tails-touched mark): an unsplit
       // non-compound head freed page by page, its tails to be looked at one by one.
@@ -281,7 +313,6 @@ extension PageAllocator {
     } else if !classifyBadFree(pfn, w, .prepare, op) {
       return false
     }
-    tracePageFree(pfn, 0)
     return true
   }
 

@@ -178,17 +178,26 @@ extension PageAllocator {
     return nil
   }
 
+  /// Whether a request whose preferred zone is `zone` carries ALLOC_NOFRAGMENT in its
+  /// first pass (``noFragmentFlags(_:)``).
+  package func noFragmentFirst(zone zi: Int) -> Bool { noFragmentFlags(zones + zi).contains(.noFragment) }
+
   /// The block `__rmqueue(zone, order, migrateType)` would return now, and how it would
   /// find it (the requested type's smallest block, a claimed fallback block, a stolen
-  /// one), or nil when it would find nothing. Follows ``rmqueue(_:_:_:)``; nothing moves.
-  package func peekRmqueue(zone zi: Int, order: Int, migrateType mt: Int) -> RmqueuePeek? {
+  /// one), or nil when it would find nothing: with ALLOC_NOFRAGMENT when `noFragment`,
+  /// and in the mode a refill is in (`stealing`: an earlier block of the same refill was
+  /// stolen). Follows ``rmqueue(_:_:_:_:_:)``; nothing moves.
+  package func peekRmqueue(
+    zone zi: Int, order: Int, migrateType mt: Int, noFragment: Bool = false, stealing: Bool = false
+  ) -> RmqueuePeek? {
     let z = zones + zi
     z.pointee.lock.lock()
     defer { z.pointee.lock.unlock() }
-    if let p = peekSmallest(z, order, mt) { return p }
+    if !stealing, let p = peekSmallest(z, order, mt) { return p }
     if mt >= MigrateType.pcpTypes { return nil }
-    if let p = peekClaim(z, order, mt) { return p }
-    return peekSteal(z, order, mt)
+    if !stealing, let p = peekClaim(z, order, mt, noFragment) { return p }
+    if !noFragment, let p = peekSteal(z, order, mt) { return p }
+    return nil
   }
 
   /// ``rmqueueSmallest(_:_:_:)`` without taking the block.
@@ -204,15 +213,17 @@ extension PageAllocator {
     return nil
   }
 
-  /// ``rmqueueClaim(_:_:_:)`` without claiming.
-  func peekClaim(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ startMt: Int) -> RmqueuePeek? {
+  /// ``rmqueueClaim(_:_:_:_:)`` without claiming.
+  func peekClaim(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ startMt: Int, _ noFragment: Bool) -> RmqueuePeek? {
     let fallbacks = MigrateType(rawValue: startMt)!.fallbacks
+    var minOrder = order
+    if order < PageGeometry.pageblockOrder && noFragment { minOrder = PageGeometry.pageblockOrder }
     var current = PageGeometry.maxOrder
-    while current >= order {
+    while current >= minOrder {
+      if !canClaim(current, startMt) { break }
       for fb in fallbacks {
         let head = z.pointee.lists[listIndex(current, fb.rawValue)].head
         if head == PageRecord.nilLink { continue }
-        if !canClaim(current, startMt) { return nil }
         if let p = peekTryClaim(z, Int(head), current, order, startMt, fb.rawValue) { return p }
         break
       }
@@ -296,7 +307,7 @@ extension PageAllocator {
       to: PerCPUPages(
         lock: SpinLock(word: Atomic(0)), lists: pcp.pointee.lists, count: t.count &+ extraCount, high: t.high,
         highMin: t.highMin, highMax: t.highMax, batch: t.batch, freeCount: t.freeCount, allocFactor: t.allocFactor,
-        prevFreeHighOrder: t.prevFreeHighOrder, drainCursor: pcp.pointee.drainCursor, pgalloc: 0, pgfree: 0,
+        prevFreeHighOrder: t.prevFreeHighOrder, freeHighBatch: pcp.pointee.freeHighBatch, pgalloc: 0, pgfree: 0,
         refills: 0, drains: 0))
     defer {
       scratch.deinitialize(count: 1)
@@ -314,13 +325,18 @@ extension PageAllocator {
     return withScratchPcp(pcp, extraCount: extraCount) { nrPcpAlloc($0, zones + zi, order) }
   }
 
-  /// Where a drain starts: ``freePcppagesBulk(_:_:_:_:)`` is given a list and first looks
-  /// at the list after it.
-  package static func drainFirstList(after pindex: Int) -> Int { (pindex &+ 1) % PCPList.count }
+  /// Where a drain starts: ``freePcppagesBulk(_:_:_:_:)`` is given a list and visits it
+  /// first.
+  package static func drainFirstList(from pindex: Int) -> Int { pindex }
 
-  /// How many pages one `free_pcppages_bulk()` call of a commit drain may free: the model
-  /// drains `to_free` in one call.
-  package func drainPieceSize(cpu: Int, zone zi: Int) -> Int { Int.max }
+  /// How many pages one `free_pcppages_bulk()` call of a commit drain may free
+  /// (``freeCommitDrain(_:_:_:_:_:)``'s pieces): the pcp's batch.
+  package func drainPieceSize(cpu: Int, zone zi: Int) -> Int {
+    let pcp = pcp(cpu &* zoneCount &+ zi)
+    pcp.pointee.lock.lock()
+    defer { pcp.pointee.lock.unlock() }
+    return pcp.pointee.batch
+  }
 
   /// The block `free_pcppages_bulk()` would drain next from `cpu`'s pcp for `zone`: the
   /// tail of list `pindex` when `continuing` on it and it is not empty, otherwise the tail
@@ -347,12 +363,14 @@ extension PageAllocator {
   }
 
   /// The blocks a commit drain of `pages` starting at list `pindex` would free, in order
-  /// (``freePcppagesBulk(_:_:_:_:)`` walked on the lists as they are, in pieces of
-  /// ``drainPieceSize(cpu:zone:)``), and the pages of the budget left unmet when the lists
-  /// ran dry. `extraCount` pages the model cannot see count in the pcp's total.
-  package func peekDrain(cpu: Int, zone zi: Int, pages: Int, pindex start: Int, extraCount: Int = 0) -> (
-    blocks: [(pfn: Int, order: Int)], unmet: Int
-  ) {
+  /// (``freeCommitDrain(_:_:_:_:_:)``'s pieces of ``freePcppagesBulk(_:_:_:_:)`` walked on
+  /// the lists as they are; `pieceSize` overrides the pieces' size, Int.max for one call),
+  /// and the pages of the budget left unmet when the lists ran dry. `extraCount` pages the
+  /// model cannot see count in the pcp's total.
+  package func peekDrain(
+    cpu: Int, zone zi: Int, pages: Int, pindex start: Int, extraCount: Int = 0, pieceSize: Int? = nil
+  ) -> (blocks: [(pfn: Int, order: Int)], unmet: Int) {
+    let piece = pieceSize ?? drainPieceSize(cpu: cpu, zone: zi)
     let pcp = pcp(cpu &* zoneCount &+ zi)
     pcp.pointee.lock.lock()
     defer { pcp.pointee.lock.unlock() }
@@ -362,26 +380,18 @@ extension PageAllocator {
     var known = pcp.pointee.count
     var out: [(pfn: Int, order: Int)] = []
     var toFree = pages
-    let piece = drainPieceSize(cpu: cpu, zone: zi)
     var unmet = 0
     while toFree > 0 && total > 0 {
       let budget = min(toFree, piece)
+      // One free_pcppages_bulk() call.
       var count = min(budget, total)
-      var pindex = start
-      var first = true
+      var pindex = PageAllocator.drainFirstList(from: start) &- 1
       while count > 0 && known > 0 {
-        // The next non-empty list, as free_pcppages_bulk advances its cursor.
-        if first {
-          pindex = PageAllocator.drainFirstList(after: start)
-          first = false
-        } else {
-          pindex = (pindex &+ 1) % PCPList.count
-        }
         var tries = 0
-        while tails[pindex] == PageRecord.nilLink && tries < PCPList.count {
+        repeat {
           pindex = (pindex &+ 1) % PCPList.count
           tries &+= 1
-        }
+        } while tails[pindex] == PageRecord.nilLink && tries <= PCPList.count
         if tails[pindex] == PageRecord.nilLink { break }
         let order = pindexToOrder(pindex)
         repeat {
@@ -398,7 +408,7 @@ extension PageAllocator {
         let hidden = min(count, max(total &- known, 0))
         unmet &+= hidden
         total &-= hidden
-        if known <= 0 { break }
+        if hidden == 0 { break }
       }
       toFree &-= budget
     }
@@ -428,7 +438,8 @@ extension PageAllocator {
     let pcp = pcp(cpu &* zoneCount &+ zi)
     pcp.pointee.lock.lock()
     pcp.pointee.count = pcp.pointee.count &+ extraCount
-    let toFree = freeCommitEnqueue(z, pcp, pfn, mt, order)
+    let (high, freeHigh) = freeCommitEnqueue(z, pcp, pfn, mt, order)
+    let toFree = pcp.pointee.count < high ? 0 : nrPcpFree(pcp, pcp.pointee.batch, high, freeHigh)
     pcp.pointee.count = pcp.pointee.count &- extraCount
     pcp.pointee.lock.unlock()
     return (zi, orderToPindex(mt, order), toFree)
@@ -440,6 +451,12 @@ extension PageAllocator {
     guard let zi = zoneIndex(pfn) else { return }
     releasePages(pfn, order)
     zoneFreeBlock(zones + zi, pfn, order)
+  }
+
+  /// The kernel's commit drain on a pcp of `zone` is over: what
+  /// ``freeCommitDrain(_:_:_:_:_:)`` does after its pieces (the ZONE_BELOW_HIGH flag).
+  package func shadowCommitDrainFinished(zone zi: Int) {
+    clearBelowHighAfterDrain(zones + zi)
   }
 
   /// Clears the allocated pages of a block for a free (what `free_pages_prepare()` leaves).

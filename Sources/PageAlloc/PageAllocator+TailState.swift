@@ -111,17 +111,21 @@ extension PageAllocator {
   /// block that fails the check is dropped and another taken, as `rmqueue_buddy()` and
   /// `__rmqueue_pcplist()` retry.
   @inlinable @inline(__always)
-  func rmqueueChecked(_ z: UnsafeMutablePointer<Zone>, _ zi: Int, _ order: Int, _ mt: Int) -> Int? {
-    guard let p = rmqueueTop(z, zi, order, mt) else { return nil }
-    if _slowPath(checksPages) { return recheckNewBlock(z, zi, order, mt, p) }
+  func rmqueueChecked(
+    _ z: UnsafeMutablePointer<Zone>, _ zi: Int, _ order: Int, _ mt: Int, _ flags: AllocFlags
+  ) -> Int? {
+    guard let p = rmqueueTop(z, zi, order, mt, flags) else { return nil }
+    if _slowPath(checksPages) { return recheckNewBlock(z, zi, order, mt, flags, p) }
     return p
   }
 
   @usableFromInline @inline(never)
-  func recheckNewBlock(_ z: UnsafeMutablePointer<Zone>, _ zi: Int, _ order: Int, _ mt: Int, _ first: Int) -> Int? {
+  func recheckNewBlock(
+    _ z: UnsafeMutablePointer<Zone>, _ zi: Int, _ order: Int, _ mt: Int, _ flags: AllocFlags, _ first: Int
+  ) -> Int? {
     var p = first
     while !checkNewPages(p, order, zi) {
-      guard let q = rmqueueTop(z, zi, order, mt) else { return nil }
+      guard let q = rmqueueTop(z, zi, order, mt, flags) else { return nil }
       p = q
     }
     return p

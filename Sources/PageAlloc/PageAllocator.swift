@@ -47,6 +47,11 @@ public final class PageAllocator: @unchecked Sendable {
   @usableFromInline let tracing: Atomic<Bool>
   @usableFromInline let quarantined: Atomic<Int>
   @usableFromInline let hwpoisoned: Atomic<Int>
+  /// UNEVICTABLE_PGCLEARED: pages freed while mlocked.
+  @usableFromInline let mlockCleared: Atomic<Int>
+  /// `vm.min_free_kbytes` the watermarks were set from: the configuration's, or the
+  /// kernel's boot-time value for these zones.
+  public let minFreeKbytes: Int
   let reports: LockedState<ReportLog>
   let traceSinkBox: LockedState<TraceTargets>
   /// Fault injection (fail_page_alloc); nil check is one load.
@@ -88,37 +93,25 @@ public final class PageAllocator: @unchecked Sendable {
     }
     guard (1...1024).contains(c.cpuCount) else { throw ConfigurationError.badCPUCount(c.cpuCount) }
     guard !(c.debugPageAlloc && c.backing == .none) else { throw ConfigurationError.debugPageAllocNeedsMemory }
-    var seen = Set<ZoneKind>()
-    for (i, z) in c.zones.enumerated() {
-      guard !z.pfns.isEmpty else { throw ConfigurationError.emptyZone(z.kind) }
-      guard z.pfns.lowerBound.value >= 0 else { throw ConfigurationError.negativePFN(z.pfns.lowerBound) }
-      guard z.pfns.upperBound.value < Int(UInt32.max) - 1 else {
-        throw ConfigurationError.pfnTooLarge(z.pfns.upperBound)
-      }
-      guard seen.insert(z.kind).inserted else { throw ConfigurationError.duplicateZone(z.kind) }
-      if i > 0 {
-        let p = c.zones[i - 1]
-        guard p.kind < z.kind, p.pfns.upperBound <= z.pfns.lowerBound else {
-          throw ConfigurationError.zonesOverlapOrOutOfOrder(p.kind, z.kind)
-        }
-      }
-    }
+    try PageAllocator.validateSysctls(c)
+    try PageAllocator.validateZones(c.zones)
     for h in c.holes {
       guard h.lowerBound.value % sp == 0, h.upperBound.value % sp == 0 else {
         throw ConfigurationError.holeNotSectionAligned(h)
       }
     }
+    let spanning = c.zones.filter { !$0.pfns.isEmpty }
+    guard let firstZone = spanning.first, let lastZone = spanning.last else { throw ConfigurationError.noMemory }
     let shift = sp.trailingZeroBitCount
-    let base = c.zones.first!.pfns.lowerBound.value & ~(sp - 1)
-    let end = (c.zones.last!.pfns.upperBound.value + sp - 1) & ~(sp - 1)
-    let zonesCfg = c.zones
+    let base = firstZone.pfns.lowerBound.value & ~(sp - 1)
+    let end = (lastZone.pfns.upperBound.value + sp - 1) & ~(sp - 1)
     let holes = c.holes
     memMap = try MemMap(
       basePFN: base, endPFN: end, sectionShift: shift,
       present: { s in
         let r = PFN(s)..<PFN(s + sp)
         if holes.contains(where: { $0.overlaps(r) }) { return false }
-        return zonesCfg.contains(where: { $0.pfns.overlaps(r) })
+        return spanning.contains(where: { $0.pfns.overlaps(r) })
       })
     do {
       arena = try Arena(backing: c.backing, basePFN: base, endPFN: end)
@@ -137,6 +130,7 @@ public final class PageAllocator: @unchecked Sendable {
     tracing = Atomic(false)
     quarantined = Atomic(0)
     hwpoisoned = Atomic(0)
+    mlockCleared = Atomic(0)
     reports = LockedState(ReportLog())
     traceSinkBox = LockedState(TraceTargets())
     faultState = LockedState(nil)
@@ -147,12 +141,15 @@ public final class PageAllocator: @unchecked Sendable {
     debug = DebugSettings(configuration: c, arena: arena, basePFN: base, endPFN: end)
     debugging = debug.any || poisoning
 
-    zonelists = PageAllocator.makeZonelists(c.zones)
+    let map = memMap
+    let layouts = c.zones.map { ZoneLayout($0, map) }
+    zonelists = PageAllocator.makeZonelists(c.zones, populated: layouts.map { $0.present > 0 })
     zones = PageAllocator.makeZones(c.zones)
     precondition(MemoryLayout<PerCPUPages>.size <= PageAllocator.pcpSlotBytes)
     pcpBase = .allocate(byteCount: PageAllocator.pcpStride * c.cpuCount * c.zones.count, alignment: 64)
-    markReservedPages()
-    freeAllMemory()
+    minFreeKbytes = c.minFreeKbytes ?? PageAllocator.bootMinFreeKbytes(c.zones, layouts)
+    markReservedPages(layouts)
+    freeAllMemory(layouts)
     setupWatermarks()
     setupPageSets()
   }
@@ -206,10 +203,6 @@ public final class PageAllocator: @unchecked Sendable {
   @inlinable @inline(__always)
   func zonelist(for highest: Int, from start: Int = 0) -> Zonelist {
     Zonelist(entries: zonelists + highest &* Zonelist.capacity, position: start)
-  }
-
-  func zoneIndexSlow(_ pfn: Int) -> Int? {
-    configuration.zones.firstIndex(where: { $0.pfns.contains(PFN(pfn)) })
   }
 
   /// The record and zone index of `pfn`, or nil when `pfn` has no record or lies outside

@@ -271,6 +271,8 @@ final class PredictionEngine {
     var before: PcpTuning
     var stale: [Int]
     var takes: [Take] = []
+    /// The refill's `__rmqueue()` mode: a block of it was stolen, the next ones are too.
+    var stealing = false
   }
   struct DrainBurst {
     var zone: Int
@@ -621,7 +623,7 @@ final class PredictionEngine {
       }
       a.shadowPcpAllocation(cpu: c, zone: zi, order: order)
     } else if !direct {
-      let peek = a.peekRmqueue(zone: zi, order: order, migrateType: mt)
+      let peek = peekTake(zi, order, mt, first: true, stealing: false)
       score(
         .buddyAlloc, order: order, hit: peek?.pfn == pfn, line: Int(e.line), kernel: PredictionEngine.hex(pfn),
         model: PredictionEngine.hex(peek?.pfn), reason: takeMissReason(pfn, peek))
@@ -764,13 +766,20 @@ final class PredictionEngine {
         zone: zi, order: order, mt: mt, pindex: pindex, predicted: begin.count, before: begin.before,
         stale: a.pcpBlocks(cpu: c, zone: zi, pindex: pindex))
     }
-    let peek = a.peekRmqueue(zone: zi, order: order, migrateType: mt)
+    let burst = cpus[c].refill!
+    let peek = peekTake(zi, order, mt, first: burst.takes.isEmpty, stealing: burst.stealing)
     let reason = peek?.pfn == pfn ? "" : takeMissReason(pfn, peek)
     cpus[c].refill!.takes.append(
       Take(
         line: Int(e.line), pfn: pfn, order: order, model: peek, reason: reason,
         seen: mark(pfn) & PredictionEngine.seen != 0))
-    if viaExtfrag { retype(e) } else { learnType(pfn, mt) }
+    if viaExtfrag {
+      retype(e)
+      // A steal puts the rest of the refill in steal mode; a claim back to normal.
+      cpus[c].refill!.stealing = !e.changeOwnership
+    } else {
+      learnType(pfn, mt)
+    }
     let st = replay.state
     let off = pfn - zs
     for p in off..<(off + (1 << order)) where st[p] != 0 {
@@ -784,6 +793,18 @@ final class PredictionEngine {
     }
   }
 
+  /// What `__rmqueue()` would return for a take: with ALLOC_NOFRAGMENT when the model's
+  /// zone is where requests start with it, and, for the first block of a request, the
+  /// retry without it when that finds nothing (`get_page_from_freelist()`'s second pass).
+  func peekTake(_ zi: Int, _ order: Int, _ mt: Int, first: Bool, stealing: Bool) -> RmqueuePeek? {
+    let noFragment = a.noFragmentFirst(zone: zi)
+    if let p = a.peekRmqueue(zone: zi, order: order, migrateType: mt, noFragment: noFragment, stealing: stealing) {
+      return p
+    }
+    guard noFragment && first else { return nil }
+    return a.peekRmqueue(zone: zi, order: order, migrateType: mt)
+  }
+
   /// A block the kernel took from the buddy for an allocation (rmqueue_buddy).
   func buddyTake(_ e: ReplayEvent, _ c: Int, viaExtfrag: Bool) throws(ReplayError) {
     let pfn = e.pfn
@@ -791,7 +812,7 @@ final class PredictionEngine {
     let n = 1 << order
     let mt = Int(e.migrateType)
     guard let zi = a.zoneIndex(of: pfn) else { return }
-    let peek = a.peekRmqueue(zone: zi, order: order, migrateType: mt)
+    let peek = peekTake(zi, order, mt, first: true, stealing: false)
     score(
       .buddyAlloc, order: order, hit: peek?.pfn == pfn, line: Int(e.line), kernel: PredictionEngine.hex(pfn),
       model: PredictionEngine.hex(peek?.pfn), reason: takeMissReason(pfn, peek))
@@ -905,13 +926,13 @@ final class PredictionEngine {
       let commit = cpus[c].commit
       let start = commit?.pindex ?? 0
       cpus[c].drain = DrainBurst(
-        zone: zi, start: start, cursor: PageAllocator.drainFirstList(after: start), commit: commit, line: Int(e.line),
+        zone: zi, start: start, cursor: PageAllocator.drainFirstList(from: start), commit: commit, line: Int(e.line),
         order: commit?.order ?? order)
       cpus[c].commit = nil
     }
     var b = cpus[c].drain!
     if b.piecePages >= a.drainPieceSize(cpu: c, zone: zi) {
-      b.cursor = PageAllocator.drainFirstList(after: b.start)
+      b.cursor = PageAllocator.drainFirstList(from: b.start)
       b.continuing = false
       b.piecePages = 0
     }
@@ -961,6 +982,7 @@ final class PredictionEngine {
   }
 
   func finishDrain(_ d: DrainBurst) {
+    if d.commit != nil { a.shadowCommitDrainFinished(zone: d.zone) }
     guard let cm = d.commit else {
       score(
         .drainTiming, order: d.order, hit: false, line: d.line, kernel: "\(d.pages) pages", model: "no drain",

@@ -105,9 +105,8 @@ public struct TraceRecorder: Sendable {
   static func enablePath(_ event: String) -> String { "events/kmem/\(event)/enable" }
 
   func read(_ name: String) throws(RecordError) -> String {
-    guard let s = readTextFile(path(name)) else {
-      throw RecordError("cannot read \(path(name)): \(String(cString: strerror(errno)))")
-    }
+    let s: String
+    do { s = try readTextFile(path(name)) } catch { throw RecordError("cannot read \(error)") }
     return String(s.drop { $0 == " " || $0 == "\n" }.reversed().drop { $0 == " " || $0 == "\n" }.reversed())
   }
 
@@ -199,15 +198,15 @@ public struct TraceRecorder: Sendable {
     try write("buffer_size_kb", String(bufferKB))
     try write("trace", "")
     for e in TraceRecorder.events { try write(TraceRecorder.enablePath(e), "1") }
-    let buddyBefore = readTextFile(proc + "/buddyinfo") ?? ""
-    let zoneBefore = readTextFile(proc + "/zoneinfo") ?? ""
+    let buddyBefore = (try? readTextFile(proc + "/buddyinfo")) ?? ""
+    let zoneBefore = (try? readTextFile(proc + "/zoneinfo")) ?? ""
     try interrupted()
     try write("tracing_on", "1")
     var caught: Int32 = 0
     let status = try run(command, caught: &caught)
     try write("tracing_on", "0")
-    let buddyAfter = readTextFile(proc + "/buddyinfo") ?? ""
-    let zoneAfter = readTextFile(proc + "/zoneinfo") ?? ""
+    let buddyAfter = (try? readTextFile(proc + "/buddyinfo")) ?? ""
+    let zoneAfter = (try? readTextFile(proc + "/zoneinfo")) ?? ""
     if caught != 0 {
       restored = true
       try restore(saved)
@@ -262,7 +261,7 @@ public struct TraceRecorder: Sendable {
   /// Mounts tracefs at ``tracefs`` when there is no tracefs there; returns whether it did.
   func mountIfNeeded() throws(RecordError) -> Bool {
     if access(path("tracing_on"), F_OK) == 0 { return false }
-    let filesystems = readTextFile(proc + "/filesystems") ?? ""
+    let filesystems = (try? readTextFile(proc + "/filesystems")) ?? ""
     guard filesystems.contains("tracefs") else {
       throw RecordError("this kernel has no tracefs (\(proc)/filesystems does not list it)")
     }

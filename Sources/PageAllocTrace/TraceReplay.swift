@@ -372,7 +372,7 @@ public enum TraceReplay {
     PcpSnapshot?, String?
   ) {
     let path = options.zoneinfo ?? (companionStem(of: name) + ".zoneinfo-before.txt")
-    guard let text = readTextFile(path) else {
+    guard let text = try? readTextFile(path) else {
       if options.zoneinfo != nil { throw ReplayError(file: path, line: nil, reason: "cannot read the zoneinfo file") }
       return (nil, nil)
     }

@@ -42,9 +42,17 @@ import PageAllocTestSupport
     for _ in 0..<400 {
       let order = rng.next() % 4 == 0 ? Int(rng.next() % 11) : Int(rng.next() % 4)
       let mt = rng.below(MigrateType.pcpTypes)
-      let peek = a.peekRmqueue(zone: 0, order: order, migrateType: mt)
-      let got = a.rmqueueBuddy(a.zones, order, mt)
-      #expect(peek?.pfn == got, "order \(order) type \(mt)")
+      let noFragment = rng.next() % 2 == 0
+      let stealing = rng.next() % 5 == 0
+      let peek = a.peekRmqueue(zone: 0, order: order, migrateType: mt, noFragment: noFragment, stealing: stealing)
+      var mode: RmqueueMode = stealing ? .steal : .normal
+      a.zones.pointee.lock.lock()
+      let got = a.rmqueue(a.zones, order, mt, noFragment ? .noFragment : [], &mode)
+      if let got {
+        a.memMap.presentRecord(got).pointee.flags.store(PG.word(flags: 0, order: order), ordering: .relaxed)
+      }
+      a.zones.pointee.lock.unlock()
+      #expect(peek?.pfn == got, "order \(order) type \(mt) noFragment \(noFragment) stealing \(stealing)")
       if let peek { sources.insert("\(peek.source)") }
     }
     #expect(sources.contains("smallest"))
@@ -61,9 +69,9 @@ import PageAllocTestSupport
       while a.pcpTuning(cpu: cpu, zone: 0).count > 0 {
         let pages = 1 + rng.below(200)
         let pindex = rng.below(PageAllocator.pcpListCount)
-        let peek = a.peekDrain(cpu: cpu, zone: 0, pages: pages, pindex: pindex)
+        let peek = a.peekDrain(cpu: cpu, zone: 0, pages: pages, pindex: pindex, pieceSize: .max)
         let first = a.peekDrainNext(
-          cpu: cpu, zone: 0, pindex: PageAllocator.drainFirstList(after: pindex), continuing: false)
+          cpu: cpu, zone: 0, pindex: PageAllocator.drainFirstList(from: pindex), continuing: false)
         sink.removeAll()
         let pcp = a.pcp(cpu * a.zoneCount)
         pcp.pointee.lock.lock()

@@ -61,7 +61,7 @@ let recordSamplePath: String = {
   }
 
   @Test func zoneinfoSnapshot() throws {
-    let text = try #require(readTextFile(TraceReplay.companionStem(of: recordSamplePath) + ".zoneinfo-before.txt"))
+    let text = try #require(try? readTextFile(TraceReplay.companionStem(of: recordSamplePath) + ".zoneinfo-before.txt"))
     let snap = try #require(PcpSnapshot.parse(zoneinfo: text, holding: 0x102800))
     #expect(snap.zone == "Normal")
     #expect(snap.startPFN == 1_048_576)

@@ -7,7 +7,7 @@ import _PageAllocUtilities
 
 /// Whether this process may record for real: root, and a kernel with tracefs.
 let canRecordForReal: Bool =
-  geteuid() == 0 && (readTextFile("/proc/filesystems") ?? "").contains("tracefs")
+  geteuid() == 0 && ((try? readTextFile("/proc/filesystems")) ?? "").contains("tracefs")
   && access("/sys/kernel/tracing", F_OK) == 0
 
 /// A directory tree shaped like tracefs (and one like /proc), for the recorder without
@@ -41,7 +41,7 @@ struct FakeTracefs {
     try? writeTextFile(text, to: dir + "/" + name)
   }
 
-  func get(_ name: String) -> String { readTextFile(dir + "/" + name) ?? "<missing>" }
+  func get(_ name: String) -> String { (try? readTextFile(dir + "/" + name)) ?? "<missing>" }
 
   func remove() { _ = system("rm -rf '\(dir)'") }
 
@@ -149,18 +149,19 @@ struct FakeTracefs {
         }
       } else {
         // Wait for the recording to switch tracing on, then interrupt the process.
+        func finished() -> Bool { result.withLock { (r: inout RecordError?) -> Bool in r != nil } }
         var waited = 0
-        while readTextFile(on) != "1\n" && result.withLock({ $0 }) == nil && waited < 2000 {
+        while (try? readTextFile(on)) != "1\n" && !finished() && waited < 2000 {
           usleep(5000)
           waited += 1
         }
-        if readTextFile(on) == "1\n" && result.withLock({ $0 }) == nil {
+        if (try? readTextFile(on)) == "1\n" && !finished() {
           usleep(50_000)
           kill(getpid(), SIGINT)
         }
       }
     }
-    let error = try #require(result.withLock { $0 })
+    let error = try #require(result.withLock { (r: inout RecordError?) -> RecordError? in r })
     #expect(error.exitStatus == 130)
     #expect(error.message.contains("interrupted by SIGINT"))
     #expect(try f.recorder.settings() == before)

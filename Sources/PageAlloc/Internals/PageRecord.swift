@@ -49,9 +49,10 @@ enum PG {
   /// (PageAllocator+TailState.swift).
   @usableFromInline static let tailsTouched: UInt32 = 1 << 14
 
-  /// PAGE_FLAGS_CHECK_AT_FREE (the subset we model).
+  /// PAGE_FLAGS_CHECK_AT_FREE (the subset we model). PG_mlocked is not in it: the free
+  /// path clears it and frees the page (`__free_pages_prepare()`).
   @usableFromInline static let checkAtFree: UInt32 =
-    reserved | locked | lru | private_ | writeback | active | unevictable | mlocked
+    reserved | locked | lru | private_ | writeback | active | unevictable
   /// Flags that mean "this page is free already".
   @usableFromInline static let freeMask: UInt32 = buddy | pcp
   /// Everything a page about to be freed as order 0 must not carry, besides hwpoison.
