@@ -498,6 +498,20 @@ extension PageAllocator {
     return (n, before)
   }
 
+  /// The kernel did not drain after a free the model would have drained after: its `high`
+  /// was above its count (`free_frozen_page_commit()` drains from `count >= high` on). The
+  /// model's `high` is raised to the count plus one page, `extraCount` unseen pages
+  /// included (at most high_max): a lower bound the trace shows, where the growth on
+  /// refills before the trace (alloc_factor's history) and the vmstat worker's decay of
+  /// `high` on its timer do not show in it.
+  package func shadowLearnHighAbove(cpu: Int, zone zi: Int, extraCount: Int = 0) {
+    let pcp = pcp(cpu &* zoneCount &+ zi)
+    pcp.pointee.lock.lock()
+    let need = min(pcp.pointee.count &+ extraCount &+ 1, pcp.pointee.highMax)
+    if pcp.pointee.high < need { pcp.pointee.high = need }
+    pcp.pointee.lock.unlock()
+  }
+
   /// Puts back a pcp's tuning figures (not its count or lists).
   package func shadowRestoreTuning(cpu: Int, zone zi: Int, _ t: PcpTuning) {
     let pcp = pcp(cpu &* zoneCount &+ zi)

@@ -562,6 +562,8 @@ final class PredictionEngine {
           score(
             .drainTiming, order: cm.order, hit: false, line: cm.line, kernel: "no drain", model: "\(cm.pages) pages",
             reason: "the model drains after this free, the kernel does not")
+          // The kernel's high was above its count: the model learns that bound.
+          a.shadowLearnHighAbove(cpu: c, zone: cm.zone, extraCount: hidden[c])
         }
         cpus[c].commit = nil
       }

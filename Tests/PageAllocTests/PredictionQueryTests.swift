@@ -103,6 +103,22 @@ import PageAllocTestSupport
     }
   }
 
+  /// A free the kernel did not drain after teaches that its high was above its count: the
+  /// model's high rises to count + 1 (unseen pages included, at most high_max); a higher
+  /// high stays.
+  @Test func learntHighBoundStopsTheSameDrain() throws {
+    let (a, _) = try randomState(11)
+    let t = a.pcpTuning(cpu: 0, zone: 0)
+    a.shadowSetTuning(cpu: 0, zone: 0, high: t.highMin, highMin: t.highMin, highMax: t.highMax, batch: t.batch)
+    let extra = 5
+    a.shadowLearnHighAbove(cpu: 0, zone: 0, extraCount: extra)
+    let learnt = a.pcpTuning(cpu: 0, zone: 0)
+    #expect(learnt.high == max(t.highMin, min(t.count + extra + 1, t.highMax)))
+    a.shadowSetTuning(cpu: 0, zone: 0, high: t.highMax, highMin: t.highMin, highMax: t.highMax, batch: t.batch)
+    a.shadowLearnHighAbove(cpu: 0, zone: 0, extraCount: extra)
+    #expect(a.pcpTuning(cpu: 0, zone: 0).high == t.highMax)
+  }
+
   /// Two allocators with the same history: one frees through the real path, the other
   /// through the shadow commit, which must predict the real drain exactly; the real
   /// drain is then applied to the shadow with shadowDrain, and the two stay equal.

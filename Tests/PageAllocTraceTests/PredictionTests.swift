@@ -137,7 +137,9 @@ let recordSamplePath: String = {
     #expect(pcp.predicted > 160_000)
     #expect(pcp.rate >= 0.995)
     #expect(p.score(.drain).predicted == 12632)
-    #expect(p.score(.drain).rate >= 0.99)
+    #expect(p.score(.drain).rate >= 0.995)
+    // The drains the model misses are of blocks on the pcp lists before the trace began.
+    #expect(p.missClasses.filter { $0.kind == .drain }.allSatisfy { $0.reason.contains("before the trace began") })
     #expect(p.baseline.predicted > 160_000)
     #expect(pcp.rate > p.baseline.rate + 0.01)
     #expect(p.misses.count == 20)
