@@ -14,6 +14,13 @@ public func traceParserFuzzTest(_ data: UnsafePointer<UInt8>?, _ size: Int) -> C
   let bytes = UnsafeRawBufferPointer(start: data, count: data == nil ? 0 : size)
   let whole = KmemTraceParser.parse(bytes)
   precondition(whole.events.count <= whole.linesRead, "more events than lines")
+  // A detailed parse records a superset of the same events, one timestamp per event.
+  let detailed = KmemTraceParser.parse(bytes, detailed: true)
+  precondition(detailed.times.count == detailed.events.count, "a timestamp per event")
+  precondition(
+    detailed.events.filter { $0.kind == .alloc || $0.kind == .free }.map(fields)
+      == whole.events.filter { $0.kind == .alloc || $0.kind == .free }.map(fields),
+    "a detailed parse changed the alloc and free events")
   // The same bytes streamed in two pieces cut after a newline.
   var cut = bytes.count / 2
   while cut < bytes.count && bytes[cut] != 0x0A { cut += 1 }
@@ -38,7 +45,7 @@ public func traceParserFuzzTest(_ data: UnsafePointer<UInt8>?, _ size: Int) -> C
     lastLine = e.line
     switch e.kind {
     case .malformed: precondition(e.pfn < whole.malformedReasons.count, "no reason for a malformed line")
-    case .alloc, .free:
+    case .alloc, .free, .freeBatched, .drain, .zoneLocked, .extfrag:
       precondition(e.order <= 10, "order above MAX_PAGE_ORDER")
       precondition(e.pfn + (1 << Int(e.order)) <= KmemTraceParser.pfnLimit, "block past the pfn limit")
       precondition(e.migrateType < 6 || e.migrateType == ReplayEvent.unknownType, "bad migratetype")

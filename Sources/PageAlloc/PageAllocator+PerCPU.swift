@@ -190,6 +190,21 @@ extension PageAllocator {
     _ z: UnsafeMutablePointer<Zone>, _ pcp: UnsafeMutablePointer<PerCPUPages>, _ pfn: Int, _ mt: Int,
     _ order: Int
   ) {
+    let (high, freeHigh) = freeCommitEnqueue(z, pcp, pfn, mt, order)
+    if _fastPath(pcp.pointee.count < high) { return }
+    freeCommitDrain(z, pcp, orderToPindex(mt, order), high, freeHigh)
+  }
+
+  /// The first half of `free_frozen_page_commit()`: puts the block on its list head, does
+  /// the pcp's bookkeeping (alloc_factor, free_count, the high-order burst flag, `high`'s
+  /// tuning) and returns the limit `nr_pcp_high()` gave (the pcp drains when its count has
+  /// reached it) and whether this free is a burst. The trace prediction calls it alone, to
+  /// learn the model's decision without draining.
+  @inlinable @inline(__always)
+  func freeCommitEnqueue(
+    _ z: UnsafeMutablePointer<Zone>, _ pcp: UnsafeMutablePointer<PerCPUPages>, _ pfn: Int, _ mt: Int,
+    _ order: Int
+  ) -> (high: Int, freeHigh: Bool) {
     pcp.pointee.allocFactor = pcp.pointee.allocFactor &>> 1
     pcp.pointee.pgfree = pcp.pointee.pgfree &+ (1 &<< order)
     let pindex = orderToPindex(mt, order)
@@ -209,18 +224,15 @@ extension PageAllocator {
     if pcp.pointee.freeCount < batch &<< pcpBatchScaleMax {
       pcp.pointee.freeCount = pcp.pointee.freeCount &+ (1 &<< order)
     }
-    let high = nrPcpHigh(pcp, z, batch, freeHigh)
-    if _fastPath(pcp.pointee.count < high) { return }
-    freeCommitDrain(z, pcp, pindex, high, freeHigh)
+    return (nrPcpHigh(pcp, z, batch, freeHigh), freeHigh)
   }
 
   /// The drain of `free_frozen_page_commit()`: `nr_pcp_free()` pages, in pieces of at most
   /// `batch`, each piece starting again at the list just freed to (`pindex`), so a block
   /// that pushed the pcp over its limit is the first to go back (the oldest of its list).
-  /// Then, if the zone is flagged ZONE_BELOW_HIGH but is above its high watermark again,
-  /// the flag is cleared: only this path clears it. (The kernel drops and retakes the pcp
-  /// lock between pieces and gives up if that fails; with the lock held throughout, the
-  /// pieces run to the end, as they do whenever the retake succeeds.)
+  /// Then ``clearBelowHighAfterDrain(_:)``. (The kernel drops and retakes the pcp lock
+  /// between pieces and gives up if that fails; with the lock held throughout, the pieces
+  /// run to the end, as they do whenever the retake succeeds.)
   @usableFromInline @inline(never)
   func freeCommitDrain(
     _ z: UnsafeMutablePointer<Zone>, _ pcp: UnsafeMutablePointer<PerCPUPages>, _ pindex: Int, _ high: Int,
@@ -233,6 +245,14 @@ extension PageAllocator {
       freePcppagesBulk(z, piece, pcp, pindex)
       toFree &-= piece
     }
+    clearBelowHighAfterDrain(z)
+  }
+
+  /// The end of `free_frozen_page_commit()`'s drain: if the zone is flagged
+  /// ZONE_BELOW_HIGH but is above its high watermark again, the flag is cleared (only a
+  /// commit drain clears it).
+  @usableFromInline
+  func clearBelowHighAfterDrain(_ z: UnsafeMutablePointer<Zone>) {
     if z.pointee.belowHigh.load(ordering: .relaxed)
       && zoneWatermarkOK(z, 0, z.pointee.wmarkHigh, ZoneKind.movable.rawValue)
     {

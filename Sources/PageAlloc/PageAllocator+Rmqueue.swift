@@ -125,6 +125,32 @@ extension PageAllocator {
     return nil
   }
 
+  /// `prep_move_freepages_block()`'s counts for the pageblock `start..<end`: its free pages,
+  /// and its movable pages in use (PageLRU or page_has_movable_ops; with no LRU, only pages
+  /// with movable owners, whose compound tails count with their head). The claim and its
+  /// prediction both read them here.
+  func pageblockFreeAndMovable(_ start: Int, _ end: Int) -> (free: Int, movable: Int) {
+    var free = 0
+    var movable = 0
+    var p = start
+    while p < end {
+      guard let r = memMap.record(p) else {
+        p += 1
+        continue
+      }
+      let w = r.pointee.flags.load(ordering: .relaxed)
+      if w & PG.buddy != 0 {
+        let o = PG.order(w)
+        free += 1 << o
+        p += 1 << o
+      } else {
+        if w & PG.movable != 0 { movable += w & PG.head != 0 ? 1 << PG.order(w) : 1 }
+        p += 1
+      }
+    }
+    return (free, movable)
+  }
+
   /// `try_to_claim_block()`: a block of pageblock order or more is taken whole, its
   /// pageblocks retyped to `startMt` and split onto `startMt`'s lists (no
   /// mm_page_alloc_zone_locked: the kernel does not go through `__rmqueue_smallest()`). A
@@ -158,21 +184,7 @@ extension PageAllocator {
     let start = pfn & ~(PageGeometry.pageblockPages - 1)
     let end = start + PageGeometry.pageblockPages
     guard start >= z.pointee.start, end <= z.pointee.end else { return nil }
-    var free = 0
-    var movable = 0
-    var p = start
-    while p < end {
-      guard let r = memMap.record(p) else { p += 1; continue }
-      let w = r.pointee.flags.load(ordering: .relaxed)
-      if w & PG.buddy != 0 {
-        let o = PG.order(w)
-        free += 1 << o
-        p += 1 << o
-      } else {
-        if w & PG.movable != 0 { movable += w & PG.head != 0 ? 1 << PG.order(w) : 1 }
-        p += 1
-      }
-    }
+    let (free, movable) = pageblockFreeAndMovable(start, end)
     var alike = 0
     if startMt == MigrateType.movable.rawValue {
       alike = movable
@@ -181,7 +193,7 @@ extension PageAllocator {
     }
     guard free + alike >= PageGeometry.pageblockPages / 2 else { return nil }
     // __move_freepages_block(): move every free block of the pageblock, then re-type it.
-    p = start
+    var p = start
     while p < end {
       guard let r = memMap.record(p) else { p += 1; continue }
       let w = r.pointee.flags.load(ordering: .relaxed)

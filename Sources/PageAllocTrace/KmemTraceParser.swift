@@ -3,7 +3,8 @@ import _PageAllocUtilities
 import Glibc
 
 /// One `mm_page_alloc` / `mm_page_free` line of a kernel trace, or a line that names one
-/// of them but does not parse.
+/// of them but does not parse. A detailed parse (``ParsedTrace/detailed``) also records the
+/// other kmem events a prediction needs.
 @usableFromInline
 package struct ReplayEvent {
   @usableFromInline package enum Kind: UInt8 {
@@ -11,6 +12,42 @@ package struct ReplayEvent {
     case free = 1
     /// `pfn` holds the index of the reason in ``ParsedTrace/malformedReasons``.
     case malformed = 2
+    /// `mm_page_free_batched` (detailed parses only): the commit of a page whose
+    /// `mm_page_free` came earlier in the same batch.
+    case freeBatched = 3
+    /// `mm_page_pcpu_drain` (detailed): `migrateType` is the pageblock's type as the drain
+    /// read it.
+    case drain = 4
+    /// `mm_page_alloc_zone_locked` (detailed): ``ReplayEvent/percpuRefill`` in `aux`.
+    case zoneLocked = 5
+    /// `mm_page_alloc_extfrag` (detailed): `order` and `migrateType` are alloc_order and
+    /// alloc_migratetype; fallback_order, fallback_migratetype and change_ownership are in
+    /// `aux` (see ``ReplayEvent/fallbackOrder``).
+    case extfrag = 6
+
+    /// The event's name.
+    package var eventName: String {
+      switch self {
+      case .alloc: "mm_page_alloc"
+      case .free, .malformed: "mm_page_free"
+      case .freeBatched: "mm_page_free_batched"
+      case .drain: "mm_page_pcpu_drain"
+      case .zoneLocked: "mm_page_alloc_zone_locked"
+      case .extfrag: "mm_page_alloc_extfrag"
+      }
+    }
+
+    /// The event's name after "mm_page_".
+    package var eventSuffix: String {
+      switch self {
+      case .alloc: "alloc"
+      case .free, .malformed: "free"
+      case .freeBatched: "free_batched"
+      case .drain: "pcpu_drain"
+      case .zoneLocked: "alloc_zone_locked"
+      case .extfrag: "alloc_extfrag"
+      }
+    }
   }
   /// The pfn (below 2^32 - 2), or for `.malformed` the reason's index.
   @usableFromInline package var pfn32: UInt32
@@ -20,19 +57,43 @@ package struct ReplayEvent {
   @usableFromInline package var kind: Kind
   /// `migratetype=` of an mm_page_alloc line (0...5), or ``ReplayEvent/unknownType``.
   @usableFromInline package var migrateType: UInt8
+  /// Per kind: zoneLocked bit 0 = percpu_refill; extfrag: fallback_order in bits 0-3,
+  /// fallback_migratetype in bits 4-6, change_ownership in bit 7. 0 otherwise.
+  @usableFromInline package var aux: UInt8
+  /// Detailed parses: the context the event was traced in, from the ftrace latency field
+  /// after the CPU (`..s..`): ``ReplayEvent/task`` (or unknown), softirq, hardirq or NMI.
+  @usableFromInline package var context: UInt8
+
+  @usableFromInline package static let task: UInt8 = 0
+  @usableFromInline package static let softirq: UInt8 = 1
+  @usableFromInline package static let hardirq: UInt8 = 2
+  @usableFromInline package static let nmi: UInt8 = 3
 
   @usableFromInline package static let unknownType: UInt8 = 7
 
   @inlinable package var pfn: Int { Int(pfn32) }
+  /// `percpu_refill=1` of an mm_page_alloc_zone_locked line.
+  @inlinable package var percpuRefill: Bool { aux & 1 != 0 }
+  /// fallback_order of an mm_page_alloc_extfrag line.
+  @inlinable package var fallbackOrder: Int { Int(aux & 0x0F) }
+  /// fallback_migratetype of an mm_page_alloc_extfrag line.
+  @inlinable package var fallbackType: Int { Int((aux &>> 4) & 0x07) }
+  /// change_ownership=1 of an mm_page_alloc_extfrag line.
+  @inlinable package var changeOwnership: Bool { aux & 0x80 != 0 }
 
   @inlinable
-  init(pfn: Int, line: Int32, cpu: UInt16, order: UInt8, kind: Kind, migrateType: UInt8 = ReplayEvent.unknownType) {
+  init(
+    pfn: Int, line: Int32, cpu: UInt16, order: UInt8, kind: Kind, migrateType: UInt8 = ReplayEvent.unknownType,
+    aux: UInt8 = 0, context: UInt8 = 0
+  ) {
     pfn32 = UInt32(truncatingIfNeeded: pfn)
     self.line = line
     self.cpu = cpu
     self.order = order
     self.kind = kind
     self.migrateType = migrateType
+    self.aux = aux
+    self.context = context
   }
 }
 
@@ -47,8 +108,27 @@ package struct ParsedTrace {
   /// `mm_page_alloc` lines of failed allocations (page=0, pfn=0).
   @usableFromInline package var allocFailures = 0
   @usableFromInline package var maxCPU = 0
+  /// Record every kmem event the parser knows (free_batched, pcpu_drain, zone_locked,
+  /// extfrag) and each event's timestamp: what a prediction and a timeline need. A plain
+  /// replay leaves it off and counts those lines as ignored.
+  package var detailed = false
+  /// Detailed parses: the timestamp of each event in nanoseconds, parallel to ``events``
+  /// (0 when the line has none).
+  package var times: ContiguousArray<UInt64> = []
+  /// The `#P:` of the ftrace header (the CPUs the buffer had), if present.
+  package var headerCPUs: Int?
+  /// The header's `entries-in-buffer/entries-written` (fewer in the buffer than written
+  /// means events were overwritten and lost).
+  package var entriesInBuffer: Int?
+  package var entriesWritten: Int?
 
-  package init() {}
+  package init(detailed: Bool = false) { self.detailed = detailed }
+
+  @inline(__always)
+  mutating func append(_ e: ReplayEvent, time: UInt64) {
+    events.append(e)
+    if detailed { times.append(time) }
+  }
 }
 
 /// A byte-level parser of kmem trace text: the ftrace `trace` file, `trace-cmd report` and
@@ -69,8 +149,8 @@ package enum KmemTraceParser {
   /// The largest pfn a replay accepts (PageAlloc pfns are 32-bit).
   package static let pfnLimit = Int(UInt32.max) - 2
 
-  package static func parse(_ buffer: UnsafeRawBufferPointer) -> ParsedTrace {
-    var out = ParsedTrace()
+  package static func parse(_ buffer: UnsafeRawBufferPointer, detailed: Bool = false) -> ParsedTrace {
+    var out = ParsedTrace(detailed: detailed)
     out.events.reserveCapacity(buffer.count / 160 + 16)
     feed(buffer, &out)
     return out
@@ -101,6 +181,11 @@ package enum KmemTraceParser {
 
   @inline(__always)
   static func parseLine(_ b: UnsafePointer<UInt8>, _ start: Int, _ end: Int, _ line: Int32, _ out: inout ParsedTrace) {
+    if start < end && b[start] == 0x23 {  // '#': a header line
+      parseHeader(b, start, end, &out)
+      out.linesIgnored &+= 1
+      return
+    }
     // Find "mm_page_" after a space or a colon.
     // memchr (vectorised) jumps from one 'm' to the next.
     var j = start &+ 1
@@ -122,7 +207,7 @@ package enum KmemTraceParser {
       out.linesIgnored &+= 1
       return
     }
-    // "alloc:" or "free:" right after "mm_page_".
+    // "alloc:" or "free:" right after "mm_page_" (and the other kmem events when detailed).
     var k = name &+ 8
     var kind: ReplayEvent.Kind
     if k &+ 6 <= end && b[k] == 0x61 && b[k &+ 1] == 0x6C && b[k &+ 2] == 0x6C && b[k &+ 3] == 0x6F
@@ -135,11 +220,15 @@ package enum KmemTraceParser {
     {
       kind = .free
       k &+= 5
+    } else if out.detailed, let (other, after) = otherEvent(b, k, end) {
+      kind = other
+      k = after
     } else {
       out.linesIgnored &+= 1
       return
     }
-    let eventName = kind == .alloc ? "mm_page_alloc" : "mm_page_free"
+    let time = out.detailed ? timestamp(b, start, name) : 0
+    let eventName = kind.eventName
     // CPU: the last "[digits]" before the name.
     var cpu = 0
     var c = name &- 1
@@ -160,9 +249,19 @@ package enum KmemTraceParser {
       }
       c &-= 1
     }
+    // The context: the third of the five latency characters after "] ".
+    var context = ReplayEvent.task
+    if out.detailed && c > start && c &+ 7 < name && b[c] == 0x5D && b[c &+ 1] == 0x20 && b[c &+ 7] == 0x20 {
+      switch b[c &+ 4] {
+      case 0x73: context = ReplayEvent.softirq  // 's'
+      case 0x68, 0x48: context = ReplayEvent.hardirq  // 'h', 'H'
+      case 0x7A, 0x5A: context = ReplayEvent.nmi  // 'z', 'Z'
+      default: break
+      }
+    }
     // Fields.
     guard let pfnAt = findKey(b, k, end, 0x70, 0x66, 0x6E) else {  // "pfn="
-      malformed(&out, line, "\(eventName) line without pfn=")
+      malformed(&out, line, "\(eventName) line without pfn=", time)
       return
     }
     var pfn = 0
@@ -193,28 +292,34 @@ package enum KmemTraceParser {
       }
     }
     if digits == 0 || !isFieldEnd(b, q, end) {
-      malformed(&out, line, "\(eventName): bad pfn= value '\(fieldText(b, pfnAt, end))'")
+      malformed(&out, line, "\(eventName): bad pfn= value '\(fieldText(b, pfnAt, end))'", time)
       return
     }
-    guard let orderAt = findKey4(b, k, end) else {  // "order="
-      malformed(&out, line, "\(eventName) line without order=")
+    if kind == .extfrag {
+      parseExtfrag(b, k, end, pfn, line, cpu, time, context, &out)
       return
     }
     var order = 0
-    q = orderAt
-    digits = 0
-    while q < end && isDigit(b[q]) && digits < 4 {
-      order = order &* 10 &+ Int(b[q] &- 0x30)
-      digits &+= 1
-      q &+= 1
-    }
-    if digits == 0 || !isFieldEnd(b, q, end) {
-      malformed(&out, line, "\(eventName): bad order= value '\(fieldText(b, orderAt, end))'")
-      return
-    }
-    if order > PageGeometry.maxOrder {
-      malformed(&out, line, "\(eventName): order \(order) is above MAX_PAGE_ORDER (10)")
-      return
+    if kind != .freeBatched {  // mm_page_free_batched always prints order=0
+      guard let orderAt = findKey4(b, k, end) else {  // "order="
+        malformed(&out, line, "\(eventName) line without order=", time)
+        return
+      }
+      q = orderAt
+      digits = 0
+      while q < end && isDigit(b[q]) && digits < 4 {
+        order = order &* 10 &+ Int(b[q] &- 0x30)
+        digits &+= 1
+        q &+= 1
+      }
+      if digits == 0 || !isFieldEnd(b, q, end) {
+        malformed(&out, line, "\(eventName): bad order= value '\(fieldText(b, orderAt, end))'", time)
+        return
+      }
+      if order > PageGeometry.maxOrder {
+        malformed(&out, line, "\(eventName): order \(order) is above MAX_PAGE_ORDER (10)", time)
+        return
+      }
     }
     if kind == .alloc && pfn == 0 && !hasNonNullPage(b, k, end) {
       // A failed allocation: page=0 (or "(null)", or no page=) and pfn=0.
@@ -222,19 +327,178 @@ package enum KmemTraceParser {
       return
     }
     if pfn > pfnLimit &- (1 &<< order) {
-      malformed(&out, line, "\(eventName): pfn \(PFN(pfn)) is beyond the supported 2^32-2")
+      malformed(&out, line, "\(eventName): pfn \(PFN(pfn)) is beyond the supported 2^32-2", time)
       return
     }
     if cpu > out.maxCPU { out.maxCPU = cpu }
     var mt = ReplayEvent.unknownType
-    if kind == .alloc, let at = findKeyMigratetype(b, q, end), at < end, isDigit(b[at]),
-      b[at] &- 0x30 < UInt8(MigrateType.count), isFieldEnd(b, at &+ 1, end)
-    {
-      mt = b[at] &- 0x30
+    var aux: UInt8 = 0
+    if kind == .alloc || kind == .drain || kind == .zoneLocked {
+      if let at = findKeyMigratetype(b, q, end), at < end, isDigit(b[at]),
+        b[at] &- 0x30 < UInt8(MigrateType.count), isFieldEnd(b, at &+ 1, end)
+      {
+        mt = b[at] &- 0x30
+      }
+      if kind == .zoneLocked, let at = findField(b, q, end, "percpu_refill="), at < end, b[at] == 0x31 {
+        aux = 1
+      }
     }
-    out.events.append(
+    out.append(
       ReplayEvent(
-        pfn: pfn, line: line, cpu: UInt16(truncatingIfNeeded: cpu), order: UInt8(order), kind: kind, migrateType: mt))
+        pfn: pfn, line: line, cpu: UInt16(truncatingIfNeeded: cpu), order: UInt8(order), kind: kind, migrateType: mt,
+        aux: aux, context: context),
+      time: time)
+  }
+
+  /// The kmem events after "mm_page_" that only a detailed parse records, and the index
+  /// after their name's colon.
+  static func otherEvent(_ b: UnsafePointer<UInt8>, _ k: Int, _ end: Int) -> (ReplayEvent.Kind, Int)? {
+    for kind in [ReplayEvent.Kind.freeBatched, .drain, .zoneLocked, .extfrag] {
+      let suffix = kind.eventSuffix.utf8
+      let n = suffix.count
+      guard k &+ n &+ 1 <= end else { continue }
+      var i = 0
+      var match = true
+      for ch in suffix {
+        if b[k &+ i] != ch {
+          match = false
+          break
+        }
+        i &+= 1
+      }
+      if match && b[k &+ n] == 0x3A { return (kind, k &+ n &+ 1) }
+    }
+    return nil
+  }
+
+  /// The fields of an mm_page_alloc_extfrag line (pfn already read).
+  static func parseExtfrag(
+    _ b: UnsafePointer<UInt8>, _ k: Int, _ end: Int, _ pfn: Int, _ line: Int32, _ cpu: Int, _ time: UInt64,
+    _ context: UInt8, _ out: inout ParsedTrace
+  ) {
+    func number(_ key: StaticString, limit: Int) -> Int? {
+      guard let at = findField(b, k, end, key) else { return nil }
+      var v = 0
+      var q = at
+      while q < end && isDigit(b[q]) && q &- at < 4 {
+        v = v &* 10 &+ Int(b[q] &- 0x30)
+        q &+= 1
+      }
+      return q > at && isFieldEnd(b, q, end) && v <= limit ? v : nil
+    }
+    guard let allocOrder = number("alloc_order=", limit: PageGeometry.maxOrder),
+      let fallbackOrder = number("fallback_order=", limit: PageGeometry.maxOrder),
+      let allocType = number("alloc_migratetype=", limit: MigrateType.count - 1),
+      let fallbackType = number("fallback_migratetype=", limit: MigrateType.count - 1)
+    else {
+      malformed(&out, line, "mm_page_alloc_extfrag: missing or bad order or migratetype fields", time)
+      return
+    }
+    if pfn > pfnLimit &- (1 &<< allocOrder) {
+      malformed(&out, line, "mm_page_alloc_extfrag: pfn \(PFN(pfn)) is beyond the supported 2^32-2", time)
+      return
+    }
+    if cpu > out.maxCPU { out.maxCPU = cpu }
+    let change = number("change_ownership=", limit: 1) ?? 0
+    let aux = UInt8(fallbackOrder) | UInt8(fallbackType) &<< 4 | (change == 1 ? 0x80 : 0)
+    out.append(
+      ReplayEvent(
+        pfn: pfn, line: line, cpu: UInt16(truncatingIfNeeded: cpu), order: UInt8(allocOrder), kind: .extfrag,
+        migrateType: UInt8(allocType), aux: aux, context: context),
+      time: time)
+  }
+
+  /// The `#P:` and `entries-in-buffer/entries-written:` of an ftrace header line.
+  @inline(never)
+  static func parseHeader(_ b: UnsafePointer<UInt8>, _ start: Int, _ end: Int, _ out: inout ParsedTrace) {
+    func number(at i: Int) -> (Int, Int)? {
+      var q = i
+      var v = 0
+      while q < end && isDigit(b[q]) && q &- i < 12 {
+        v = v &* 10 &+ Int(b[q] &- 0x30)
+        q &+= 1
+      }
+      return q > i ? (v, q) : nil
+    }
+    var j = start
+    while j &+ 3 <= end {
+      if b[j] == 0x23 && b[j &+ 1] == 0x50 && b[j &+ 2] == 0x3A, let (n, _) = number(at: j &+ 3) {  // "#P:"
+        out.headerCPUs = n
+      }
+      j &+= 1
+    }
+    let key: StaticString = "entries-in-buffer/entries-written:"
+    if let at = findText(b, start, end, key) {
+      var q = at
+      while q < end && b[q] == 0x20 { q &+= 1 }
+      if let (inBuffer, slash) = number(at: q), slash < end, b[slash] == 0x2F, let (written, _) = number(at: slash &+ 1)
+      {
+        out.entriesInBuffer = inBuffer
+        out.entriesWritten = written
+      }
+    }
+  }
+
+  /// The timestamp before the event name: the `SECONDS.FRACTION:` that ftrace, trace-cmd
+  /// and perf script all print just before it, in nanoseconds (0 when there is none).
+  static func timestamp(_ b: UnsafePointer<UInt8>, _ start: Int, _ name: Int) -> UInt64 {
+    var j = name &- 1
+    let stop = max(start, name &- 40)
+    // The colon right after the number.
+    while j > stop && !(b[j] == 0x3A && isDigit(b[j &- 1])) { j &-= 1 }
+    guard j > stop else { return 0 }
+    let e = j
+    var s = e &- 1
+    while s >= start && (isDigit(b[s]) || b[s] == 0x2E) { s &-= 1 }
+    s &+= 1
+    var secs: UInt64 = 0
+    var frac: UInt64 = 0
+    var fracDigits = 0
+    var inFrac = false
+    while s < e {
+      let ch = b[s]
+      if ch == 0x2E {
+        inFrac = true
+      } else if inFrac {
+        if fracDigits < 9 {
+          frac = frac &* 10 &+ UInt64(ch &- 0x30)
+          fracDigits &+= 1
+        }
+      } else {
+        secs = secs &* 10 &+ UInt64(ch &- 0x30)
+      }
+      s &+= 1
+    }
+    while fracDigits < 9 {
+      frac &*= 10
+      fracDigits &+= 1
+    }
+    return secs &* 1_000_000_000 &+ frac
+  }
+
+  /// The index after `key` (which ends in '=') preceded by a space or tab, from `from` on.
+  static func findField(_ b: UnsafePointer<UInt8>, _ from: Int, _ end: Int, _ key: StaticString) -> Int? {
+    guard let at = findText(b, from, end, key, fieldStart: true) else { return nil }
+    return at
+  }
+
+  /// The index after the first occurrence of `text` in `[from, end)` (with `fieldStart`,
+  /// only where a space or a tab precedes it).
+  static func findText(
+    _ b: UnsafePointer<UInt8>, _ from: Int, _ end: Int, _ text: StaticString, fieldStart: Bool = false
+  ) -> Int? {
+    let t = text.utf8Start
+    let n = text.utf8CodeUnitCount
+    var j = from
+    while j &+ n <= end {
+      if b[j] == t[0] && (!fieldStart || b[j &- 1] == 0x20 || b[j &- 1] == 0x09) {
+        var i = 1
+        while i < n && b[j &+ i] == t[i] { i &+= 1 }
+        if i == n { return j &+ n }
+      }
+      j &+= 1
+    }
+    return nil
   }
 
   /// Whether the line has a `page=` field that is not a null pointer (all zeros, `0x0`,
@@ -320,9 +584,8 @@ package enum KmemTraceParser {
   }
 
   @inline(never)
-  static func malformed(_ out: inout ParsedTrace, _ line: Int32, _ reason: String) {
-    out.events.append(
-      ReplayEvent(pfn: out.malformedReasons.count, line: line, cpu: 0, order: 0, kind: .malformed))
+  static func malformed(_ out: inout ParsedTrace, _ line: Int32, _ reason: String, _ time: UInt64) {
+    out.append(ReplayEvent(pfn: out.malformedReasons.count, line: line, cpu: 0, order: 0, kind: .malformed), time: time)
     out.malformedReasons.append(reason)
   }
 }

@@ -77,6 +77,10 @@ public struct ReplayReport: Sendable {
   public var setupSeconds: Double
   /// Applying the events, then draining the pcp lists.
   public var replaySeconds: Double
+  /// The prediction's figures (`--predict`).
+  public var prediction: PredictionReport?
+  /// The free memory over trace time (`--timeline`).
+  public var timeline: ReplayTimeline?
 
   /// Everything but the file read: parse + setup + replay.
   public var processSeconds: Double { parseSeconds + setupSeconds + replaySeconds }
@@ -106,6 +110,7 @@ public struct ReplayReport: Sendable {
     s +=
       "time: \(fixed(totalSeconds * 1000, 1)) ms (read \(fixed(readSeconds * 1000, 1)), parse \(fixed(parseSeconds * 1000, 1)), setup \(fixed(setupSeconds * 1000, 1)), replay \(fixed(replaySeconds * 1000, 1)))\n"
     s += "events per second:   \(Int(eventsPerSecond.rounded())) (\(eventsParsed) events / parse+setup+replay)\n"
+    if let prediction { s += prediction.text }
     return s
   }
 
@@ -138,8 +143,9 @@ public struct ReplayReport: Sendable {
       .joined(separator: ", ") + "],\n"
     s +=
       "  \"seconds\": {\"total\": \(totalSeconds), \"read\": \(readSeconds), \"parse\": \(parseSeconds), \"setup\": \(setupSeconds), \"replay\": \(replaySeconds)},\n"
-    s += "  \"events_per_second\": \(eventsPerSecond.rounded())\n"
-    s += "}\n"
+    s += "  \"events_per_second\": \(eventsPerSecond.rounded())"
+    if let prediction { s += ",\n  \"prediction\": " + prediction.json }
+    s += "\n}\n"
     return s
   }
 }
@@ -170,10 +176,40 @@ public enum TraceReplay {
     public var zone: Range<PFN>?
     /// Stop at the first anomaly with a ``ReplayError``.
     public var strict: Bool
-    public init(zone: Range<PFN>? = nil, strict: Bool = false) {
+    /// Predict each kernel decision before applying it (``PredictionReport``).
+    public var predict: Bool
+    /// The traced machine's /proc/zoneinfo at the start, for the prediction's pcp tuning;
+    /// nil: `STEM.zoneinfo-before.txt` beside the trace when it exists.
+    public var zoneinfo: String?
+    /// Sample the free memory over trace time (``ReplayTimeline``).
+    public var timeline: Bool
+    /// Predictions: take the pages no event names as free at the start (true when the
+    /// trace began on an empty zone, as the model's own traces do); by default they are
+    /// held allocated.
+    public var unnamedFree: Bool
+    public init(
+      zone: Range<PFN>? = nil, strict: Bool = false, predict: Bool = false, zoneinfo: String? = nil,
+      timeline: Bool = false, unnamedFree: Bool = false
+    ) {
       self.zone = zone
       self.strict = strict
+      self.predict = predict
+      self.zoneinfo = zoneinfo
+      self.timeline = timeline
+      self.unnamedFree = unnamedFree
     }
+
+    /// Whether the parse must keep every kmem event and the timestamps.
+    var detailed: Bool { predict || timeline }
+  }
+
+  /// The files a recording writes beside its trace share the trace's stem: the path less
+  /// `.gz`, then less `.trace` or `.txt` (`x.trace.gz` -> `x`, then `x.zoneinfo-before.txt`).
+  public static func companionStem(of path: String) -> String {
+    var s = Substring(path)
+    if s.hasSuffix(".gz") { s = s.dropLast(3) }
+    if s.hasSuffix(".trace") { s = s.dropLast(6) } else if s.hasSuffix(".txt") { s = s.dropLast(4) }
+    return String(s)
   }
 
   /// Largest zone a replay builds without `--zone` (2^27 pages = 512 GiB; the replay keeps
@@ -205,7 +241,7 @@ public enum TraceReplay {
     var buf = UnsafeMutablePointer<UInt8>.allocate(capacity: cap)
     defer { buf.deallocate() }
     var carry = 0
-    var parsed = ParsedTrace()
+    var parsed = ParsedTrace(detailed: options.detailed)
     parsed.events.reserveCapacity(1 << 16)
     var readNs: UInt64 = 0
     var parseNs: UInt64 = 0
@@ -281,7 +317,7 @@ public enum TraceReplay {
     bytes: UnsafeRawBufferPointer, name: String, options: Options = Options(), readSeconds: Double = 0
   ) throws(ReplayError) -> (report: ReplayReport, allocator: PageAllocator) {
     let t0 = monotonicNanoseconds()
-    let parsed = KmemTraceParser.parse(bytes)
+    let parsed = KmemTraceParser.parse(bytes, detailed: options.detailed)
     let t1 = monotonicNanoseconds()
     return try replay(
       parsed: parsed, name: name, options: options, readSeconds: readSeconds, parseSeconds: Double(t1 &- t0) / 1e9)
@@ -292,9 +328,23 @@ public enum TraceReplay {
     parsed: ParsedTrace, name: String, options: Options, readSeconds: Double, parseSeconds: Double
   ) throws(ReplayError) -> (report: ReplayReport, allocator: PageAllocator) {
     let t1 = monotonicNanoseconds()
-    let engine = try ReplayEngine(parsed: parsed, name: name, options: options)
+    let engine = try ReplayEngine(parsed: parsed, name: name, options: options, holdPcpResidents: options.predict)
+    if options.timeline { engine.sampler = TimelineSampler(allocator: engine.allocator, parsed: parsed) }
     let t2 = monotonicNanoseconds()
-    try engine.apply()
+    var prediction: PredictionReport?
+    var timeline: ReplayTimeline?
+    if options.predict {
+      let (snapshot, snapshotName) = try zoneinfoSnapshot(name: name, options: options, zoneStart: engine.zoneStart)
+      let p = PredictionEngine(replay: engine, snapshot: snapshot, snapshotName: snapshotName)
+      try p.run()
+      timeline = engine.sampler?.finish()
+      engine.allocator.drainAllPages()
+      prediction = p.report()
+    } else {
+      try engine.apply()
+      timeline = engine.sampler?.finish()
+      engine.allocator.drainAllPages()
+    }
     let t3 = monotonicNanoseconds()
     let a = engine.allocator
     let stats = a.zoneStatistics()
@@ -312,8 +362,27 @@ public enum TraceReplay {
         .map { buddyInfoLine(zone: $0.kind.description, counts: $0.freeBlocks) }.joined(),
       buddyCounts: stats.map(\.freeBlocks), allocatedByType: engine.allocatedByType(), readSeconds: readSeconds,
       parseSeconds: parseSeconds, setupSeconds: Double(t2 &- t1) / 1e9,
-      replaySeconds: Double(t3 &- t2) / 1e9)
+      replaySeconds: Double(t3 &- t2) / 1e9, prediction: prediction, timeline: timeline)
     return (report, a)
+  }
+
+  /// The pcp snapshot for a prediction: `--zoneinfo FILE`, or the zoneinfo a recording
+  /// left beside the trace, or none.
+  static func zoneinfoSnapshot(name: String, options: Options, zoneStart: Int) throws(ReplayError) -> (
+    PcpSnapshot?, String?
+  ) {
+    let path = options.zoneinfo ?? (companionStem(of: name) + ".zoneinfo-before.txt")
+    guard let text = try? readTextFile(path) else {
+      if options.zoneinfo != nil { throw ReplayError(file: path, line: nil, reason: "cannot read the zoneinfo file") }
+      return (nil, nil)
+    }
+    guard let snap = PcpSnapshot.parse(zoneinfo: text, holding: zoneStart) else {
+      if options.zoneinfo != nil {
+        throw ReplayError(file: path, line: nil, reason: "no zone with pagesets holds pfn \(PFN(zoneStart))")
+      }
+      return (nil, nil)
+    }
+    return (snap, path)
   }
 
   /// Parses `start-end` (decimal or 0x hex pfns) as a zone range.
@@ -346,13 +415,36 @@ final class ReplayEngine {
   var frees = 0
   var preallocated = 0
   var eventsParsed = 0
+  /// The ``state`` of a page a prediction's first pass found on a pcp list when the trace
+  /// began (held out of the buddy, free for an allocation or a drain).
+  static let pcpHeld: UInt8 = 9
+  /// Pages a detailed first pass found on pcp lists when the trace began.
+  var pretracePcpPages = 0
+  /// Pages of the zone no event names (held allocated in a prediction).
+  var unnamed = 0
+  /// Whether the trace has `mm_page_alloc_zone_locked` events (without them a first
+  /// allocation says nothing about where the page came from).
+  let hasZoneLocked: Bool
+  /// Whether the first pass holds the pre-trace pcp pages (a prediction) or leaves them
+  /// free (a replay, which claims pages wherever they are free).
+  let holdPcpResidents: Bool
+  /// Whether a prediction leaves the pages no event names free.
+  let unnamedFree: Bool
+  /// The timeline being sampled (`--timeline`), and the event being applied.
+  var sampler: TimelineSampler?
+  var currentIndex = 0
   var anomalyCounts = [Int](repeating: 0, count: ReplayAnomaly.allCases.count)
   var anomalyLines = [[Int]](repeating: [], count: ReplayAnomaly.allCases.count)
 
-  init(parsed: ParsedTrace, name: String, options: TraceReplay.Options) throws(ReplayError) {
+  init(parsed: ParsedTrace, name: String, options: TraceReplay.Options, holdPcpResidents: Bool = false)
+    throws(ReplayError)
+  {
+    self.holdPcpResidents = holdPcpResidents
+    unnamedFree = options.unnamedFree
     self.parsed = parsed
     self.name = name
     strict = options.strict
+    hasZoneLocked = parsed.events.contains { $0.kind == .zoneLocked }
     // The zone.
     var lo = Int.max
     var hi = Int.min
@@ -391,7 +483,8 @@ final class ReplayEngine {
         )
       }
     }
-    cpuCount = min(parsed.maxCPU + 1, 256)
+    // The CPUs of the ftrace header's #P:, or the highest CPU seen.
+    cpuCount = min(max(parsed.headerCPUs ?? 0, parsed.maxCPU + 1), 256)
     do {
       allocator = try PageAllocator(
         configuration: .init(
@@ -409,7 +502,11 @@ final class ReplayEngine {
   deinit { state.deallocate() }
 
   /// Marks the pages whose first event is a free as allocated before the trace, and
-  /// claims them.
+  /// claims them. In a prediction, a page whose first event is a pcp drain, or an
+  /// allocation of a pcp order that no `mm_page_alloc_zone_locked` or
+  /// `mm_page_alloc_extfrag` took from the buddy first, sat on a pcp list when the trace
+  /// began: it is held out of the buddy the same way (counted in ``pretracePcpPages``);
+  /// and so are the pages no event names (``unnamed``).
   func firstPass() {
     let zs = zoneStart
     let ze = zoneEnd
@@ -418,19 +515,46 @@ final class ReplayEngine {
     seen.initialize(repeating: 0, count: n)
     defer { seen.deallocate() }
     let st = state
+    let detailed = holdPcpResidents && parsed.detailed && hasZoneLocked
+    var pcpHeld = 0
     parsed.events.withUnsafeBufferPointer { events in
       for e in events where e.kind != .malformed {
         let c = 1 &<< Int(e.order)
         if e.pfn < zs || e.pfn &+ c > ze { continue }
+        var held = e.kind == .free || e.kind == .freeBatched
+        var pcpResident = false
+        if detailed {
+          if e.kind == .drain {
+            pcpResident = true
+          } else if e.kind == .alloc && PageAllocator.isPcpOrder(Int(e.order))
+            && e.migrateType < UInt8(MigrateType.pcpTypes)
+          {
+            pcpResident = true
+          }
+          held = held || pcpResident
+        }
         var p = e.pfn &- zs
         let end = p &+ c
         while p < end {
           if seen[p] == 0 {
             seen[p] = 1
-            if e.kind == .free { st[p] = 1 &+ ReplayEvent.unknownType }
+            if held {
+              st[p] = pcpResident ? ReplayEngine.pcpHeld : 1 &+ ReplayEvent.unknownType
+              if pcpResident { pcpHeld &+= 1 }
+            }
           }
           p &+= 1
         }
+      }
+    }
+    pretracePcpPages = pcpHeld
+    if holdPcpResidents && !unnamedFree {
+      // A prediction holds the pages the trace never names as allocated: they take part
+      // only as merge partners, and assumed free they put blocks at the heads of the
+      // model's free lists that the kernel's did not have.
+      for p in 0..<n where seen[p] == 0 {
+        st[p] = 1 &+ ReplayEvent.unknownType
+        unnamed &+= 1
       }
     }
     // Claim each run of pre-trace pages (not counted as allocations).
@@ -447,17 +571,20 @@ final class ReplayEngine {
       preallocated += j - i
       i = j
     }
+    // The report's pre-trace pages are those freed before any allocation.
+    preallocated -= unnamed + pcpHeld
   }
 
   @inline(never)
   func anomaly(_ k: ReplayAnomaly, _ line: Int32, _ reason: String) throws(ReplayError) {
     if strict { throw ReplayError(file: name, line: Int(line), reason: k.rawValue + ": " + reason) }
+    sampler?.anomaly(k, line: Int(line), index: currentIndex, reason: reason)
     let i = ReplayAnomaly.allCases.firstIndex(of: k)!
     anomalyCounts[i] += 1
     if anomalyLines[i].count < 5 { anomalyLines[i].append(Int(line)) }
   }
 
-  /// Applies every event, then drains the pcp lists.
+  /// Applies every event (the caller then drains the pcp lists).
   func apply() throws(ReplayError) {
     let a = allocator
     let zs = zoneStart
@@ -466,12 +593,19 @@ final class ReplayEngine {
     var curCPU = -1
     defer { PageAllocator.setThreadCPU(nil) }
     let events = parsed.events
+    let sampler = sampler
     try events.withUnsafeBufferPointer { (events) throws(ReplayError) in
-      for e in events {
+      for i in events.indices {
+        let e = events[i]
+        if let sampler {
+          currentIndex = i
+          sampler.observe(i)
+        }
         if _slowPath(e.kind == .malformed) {
           try anomaly(.malformed, e.line, parsed.malformedReasons[e.pfn])
           continue
         }
+        if _slowPath(e.kind != .alloc && e.kind != .free) { continue }
         let order = Int(e.order)
         let n = 1 &<< order
         if _slowPath(e.pfn < zs || e.pfn &+ n > ze) {
@@ -522,7 +656,6 @@ final class ReplayEngine {
         }
       }
     }
-    a.drainAllPages()
   }
 
   /// Per pageblock (from the zone start rounded down to a pageblock, as

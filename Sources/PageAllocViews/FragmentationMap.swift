@@ -91,12 +91,10 @@ public struct FragmentationMap: Sendable {
   }
 
   /// The share of free pages in blocks smaller than `order`: the kernel's unusable free
-  /// space index (debugfs extfrag/unusable_index), 0 when nothing is free.
+  /// space index (debugfs extfrag/unusable_index), to three decimals; 1 when nothing is
+  /// free, as the kernel prints it.
   public func unusableFreeIndex(order: Int) -> Double {
-    let total = freePagesPerOrder.reduce(0, +)
-    guard total > 0 else { return 0 }
-    let usable = freePagesPerOrder[order...].reduce(0, +)
-    return Double(total - usable) / Double(total)
+    Double(PageAllocator.unusableFreeIndex(freeBlocks: freeBlocksPerOrder, order: order)) / 1000
   }
 
   static func colour(_ t: MigrateType) -> (Int, Int, Int) {

@@ -20,9 +20,30 @@ struct Replay: ParsableCommand {
   @Flag(help: "Stop at the first anomaly with FILE:LINE: reason and exit status 1.") var strict = false
   @Option(help: "Write the figures as JSON to this file.") var json: String?
   @Option(help: "Write the fragmentation map (SVG) of the final state to this file.") var map: String?
+  @Flag(
+    help:
+      "Predict each decision of the kernel's (pcp allocations, refills, drains, buddy allocations) with the model before applying it, and print the hit rates."
+  )
+  var predict = false
+  @Option(
+    help:
+      "With --predict: the traced machine's /proc/zoneinfo at the trace's start, for the pcp high, batch and counts. Default: STEM.zoneinfo-before.txt beside the trace, if present."
+  )
+  var zoneinfo: String?
+  @Flag(
+    help:
+      "With --predict: take the pages no event names as free at the start (a trace that began on an empty zone); by default they are held allocated."
+  )
+  var unnamedFree = false
+  @Option(
+    help:
+      "Write an SVG of the free memory over trace time: free pages per order, the unusable free index at pageblock order, pcp pages, extfrag events and anomalies."
+  )
+  var timeline: String?
 
   func run() throws {
-    var options = TraceReplay.Options(strict: strict)
+    var options = TraceReplay.Options(
+      strict: strict, predict: predict, zoneinfo: zoneinfo, timeline: timeline != nil, unnamedFree: unnamedFree)
     if let zone {
       guard let z = TraceReplay.parseZone(zone) else {
         throw ValidationError("--zone \(zone): expected START-END pfns with START < END, e.g. 0x100000-0x180000")
@@ -39,6 +60,10 @@ struct Replay: ParsableCommand {
     print(result.report.text, terminator: "")
     if let json {
       try writeText(result.report.json, to: json)
+    }
+    if let timeline, let t = result.report.timeline {
+      try writeText(
+        t.svg(title: "pagealloc replay \(file)\(predict ? " --predict" : ""): free memory over time"), to: timeline)
     }
     if let map {
       let svg = FragmentationMap(allocator: result.allocator, allocatedByType: result.report.allocatedByType).svg(
