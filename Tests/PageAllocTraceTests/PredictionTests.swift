@@ -6,11 +6,11 @@ import PageAllocTestSupport
 import _PageAllocUtilities
 @testable import PageAllocTrace
 
-/// This machine's capture (Tests/Fixtures/record-sample.trace.gz, with its zoneinfo).
+/// This machine's capture (Tests/Fixtures/kmem-6.18-tar-czf.trace.gz, with its zoneinfo).
 let recordSamplePath: String = {
   let file = "\(#filePath)"
   let root = file.firstRange(of: "/Tests/").map { String(file[..<$0.lowerBound]) } ?? "."
-  return root + "/Tests/Fixtures/record-sample.trace.gz"
+  return root + "/Tests/Fixtures/kmem-6.18-tar-czf.trace.gz"
 }()
 
 @Suite(.serialized) struct PredictionTests {
