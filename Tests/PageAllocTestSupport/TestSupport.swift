@@ -43,6 +43,10 @@ package func makeFuzzAllocator() throws -> PageAllocator {
 /// Allocates order-10 blocks until every page of `range` is allocated, splits them, and
 /// frees (and drains) every page outside `range`: afterwards exactly `range`'s pages are
 /// in use, each with refcount 1, and nothing is on a pcp list.
+///
+/// The pcp's recent-free count (`free_count`) is brought back near zero too (every pcp
+/// allocation halves it): the thousand frees above would otherwise make the caller's next
+/// high-order frees a free_high burst that drains the list at once.
 package func claimExactly(_ a: PageAllocator, _ range: Range<PFN>) throws {
   var needed = Set<Int>()
   var b = range.lowerBound.value & ~1023
@@ -66,28 +70,56 @@ package func claimExactly(_ a: PageAllocator, _ range: Range<PFN>) throws {
     }
   }
   a.drainAllPages()
+  var quiet: [PFN] = []
+  for _ in 0..<16 { quiet.append(try #require(a.allocPages(order: 0, gfp: .kernel))) }
+  for p in quiet { a.putPage(p) }
+  a.drainAllPages()
   #expect(a.pcpBlocks().isEmpty)
 }
 
-/// The canonical maximal-aligned decomposition of a set of free pfns: each maximal run,
-/// cut at zone and section boundaries, decomposed greedily (what a fully merged buddy
-/// holds).
+/// The canonical free state of a buddy allocator holding exactly the free pfns `free`:
+/// every aligned block of order 10 (MAX_PAGE_ORDER) whose pages are all free and which
+/// does not straddle a section or zone boundary, then the same one order lower inside each
+/// block that was not whole, down to single pages (what a fully merged buddy holds).
+///
+/// Written top-down from the definition, independently of the allocator's own bottom-up
+/// chunking (`PageAllocator.chunkOrder`), so that a mistake common to the allocator and
+/// its tests cannot hide.
 package func canonicalBlocks(free: [Int], sectionPages: Int, zoneBounds: [Int] = []) -> [(Int, Int)] {
-  let sorted = free.sorted()
+  guard let lo = free.min(), let hi = free.max() else { return [] }
+  let base = lo & ~1023
+  let end = (hi + 1024) & ~1023
+  // prefix[i]: free pages in base..<base+i.
+  var isFree = [Bool](repeating: false, count: end - base)
+  for p in free { isFree[p - base] = true }
+  var prefix = [0]
+  prefix.reserveCapacity(isFree.count + 1)
+  for f in isFree { prefix.append(prefix.last! + (f ? 1 : 0)) }
+  // Sections hold at least 1024 pages (the allocator refuses less), so no block of order
+  // 10 or below straddles one; zone boundaries may fall anywhere.
+  precondition(sectionPages >= 1024 && sectionPages & (sectionPages - 1) == 0)
   var out: [(Int, Int)] = []
-  var i = 0
-  while i < sorted.count {
-    let start = sorted[i]
-    var j = i + 1
-    while j < sorted.count && sorted[j] == sorted[j - 1] + 1 && sorted[j] % sectionPages != 0
-      && !zoneBounds.contains(sorted[j])
-    {
-      j += 1
+  func walk(_ b: Int, _ order: Int) {
+    let n = 1 << order
+    let freeHere = prefix[b + n - base] - prefix[b - base]
+    if freeHere == 0 { return }
+    let straddles = zoneBounds.contains { $0 > b && $0 < b + n }
+    if freeHere == n && !straddles {
+      out.append((b, order))
+      return
     }
-    for c in PageAllocator.chunks(of: PFN(start)..<PFN(start + (j - i))) { out.append((c.pfn.value, c.order)) }
-    i = j
+    walk(b, order - 1)
+    walk(b + n / 2, order - 1)
   }
+  for b in stride(from: base, to: end, by: 1024) { walk(b, 10) }
   return out
+}
+
+/// The chunks a chunked free must hand on for a run of freeable pages `[start, end)`: the
+/// fewest aligned power-of-two blocks of order 10 at most that tile it, in pfn order.
+/// Computed top-down like ``canonicalBlocks(free:sectionPages:zoneBounds:)``.
+package func expectedChunks(_ run: Range<Int>, sectionPages: Int = 1 << 15) -> [[Int]] {
+  blocks(canonicalBlocks(free: Array(run), sectionPages: sectionPages))
 }
 
 package func blocks(_ b: [(pfn: PFN, order: Int)]) -> [[Int]] { b.map { [$0.pfn.value, $0.order] } }
@@ -107,4 +139,19 @@ package func chunksFreed(_ a: PageAllocator, _ body: () -> Void) -> [[Int]] {
   body()
   a.setChunkObserver(nil)
   return out.withLock { $0 }
+}
+
+/// The chunks `freePagesBulk(pfns)` must hand on when every page is freeable: the array
+/// cut into stretches of consecutive ascending pfns (cut again at section boundaries),
+/// each stretch tiled by ``expectedChunks(_:sectionPages:)``, in array order.
+package func expectedBulkChunks(_ pfns: [Int], sectionPages: Int = 1 << 15) -> [[Int]] {
+  var out: [[Int]] = []
+  var i = 0
+  while i < pfns.count {
+    var j = i + 1
+    while j < pfns.count && pfns[j] == pfns[j - 1] + 1 && pfns[j] % sectionPages != 0 { j += 1 }
+    out += expectedChunks(pfns[i]..<(pfns[j - 1] + 1), sectionPages: sectionPages)
+    i = j
+  }
+  return out
 }
