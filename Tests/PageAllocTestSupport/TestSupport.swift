@@ -1,6 +1,8 @@
 import PageAlloc
 import PageAllocStress
 import PageAllocVMalloc
+import Glibc
+import Synchronization
 import Testing
 import _PageAllocUtilities
 
@@ -154,4 +156,32 @@ package func expectedBulkChunks(_ pfns: [Int], sectionPages: Int = 1 << 15) -> [
     i = j
   }
   return out
+}
+
+/// Runs `body(t)` for t in 0..<workers, each on its own thread (all started together by
+/// `runOnThreads`' barrier), while one more thread calls `a.verify()` again and again
+/// until every worker has returned, and at least `minimum` times. Returns the verify
+/// errors and how many verifications ran (some of them while workers were running, on
+/// any machine where the workers take longer than `minimum` verifications).
+package func withVerifier(
+  _ a: PageAllocator, workers: Int, minimum: Int = 3, _ body: @escaping @Sendable (Int) -> Void
+) throws -> (errors: [String], verifications: Int) {
+  let running = Atomic<Int>(workers)
+  let verifications = Atomic<Int>(0)
+  let errors = LockedState<[String]>([])
+  try runOnThreads(workers + 1) { t in
+    guard t < workers else {
+      while running.load(ordering: .acquiring) > 0 || verifications.load(ordering: .relaxed) < minimum {
+        do { try a.verify() } catch { errors.withLock { $0.append("\(error)") } }
+        verifications.wrappingAdd(1, ordering: .relaxed)
+        // verify() holds every lock while it runs: a pause between two lets the workers
+        // (spinning on those locks) get on, or they would crawl.
+        usleep(2000)
+      }
+      return
+    }
+    body(t)
+    running.wrappingSubtract(1, ordering: .releasing)
+  }
+  return (errors.withLock { $0 }, verifications.load(ordering: .relaxed))
 }
