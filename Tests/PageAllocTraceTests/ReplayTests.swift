@@ -140,28 +140,43 @@ func pfnsMarked(_ free: [Bool], start: Int) -> [Int] { free.indices.filter { fre
   // MARK: - Round trip
 
   /// A random workload with a sink installed; its events, printed as ftrace lines and
-  /// replayed into a fresh allocator, give the same free blocks.
+  /// replayed into a fresh allocator, give the same free blocks. The workload uses every
+  /// allocation and free entry point that traces (allocPages, allocFrozenPages,
+  /// allocPagesBulk; freePages, putPage, freeContigRange, freePagesBulk, freeFrozenPages,
+  /// freeContigFrozenRange): one that forgot an event would make the replay diverge.
   @Test(arguments: [1 as UInt64, 2, 3])
   func roundTripRandomWorkload(seed: UInt64) throws {
     let (a, sink) = try makeTracedAllocator(cpus: 2)
     defer { PageAllocator.setThreadCPU(nil) }
     var rng = TestRNG(seed: seed)
-    var live: [(PFN, Int)] = []
+    var live: [(pfn: PFN, order: Int, frozen: Bool)] = []
     let types: [GFP] = [.kernel, .highUserMovable, [.kernel, .reclaimable]]
     for _ in 0..<6000 {
       PageAllocator.setThreadCPU(rng.below(2))
       let op = rng.next() % 100
       if op < 50 || live.isEmpty {
         let order = rng.next() % 8 == 0 ? Int(4 + rng.next() % 7) : Int(rng.next() % 4)
-        if let p = a.allocPages(order: order, gfp: types[Int(rng.next() % 3)].union(.noWarn)) {
-          live.append((p, order))
+        let gfp = types[Int(rng.next() % 3)].union(.noWarn)
+        switch op % 6 {
+        case 0:
+          var pages: [PFN] = []
+          a.allocPagesBulk(count: 1 + Int(rng.next() % 8), gfp: gfp, into: &pages)
+          live += pages.map { ($0, 0, false) }
+        case 1:
+          if let p = a.allocFrozenPages(order: order, gfp: gfp) { live.append((p, order, true)) }
+        default:
+          if let p = a.allocPages(order: order, gfp: gfp) { live.append((p, order, false)) }
         }
       } else {
         let i = Int(rng.next() % UInt64(live.count))
-        let (p, order) = live[i]
+        let (p, order, frozen) = live[i]
         live[i] = live[live.count - 1]
         live.removeLast()
-        switch op % 4 {
+        if frozen {
+          if op % 2 == 0 { a.freeContigFrozenRange(p, count: 1 << order) } else { a.freeFrozenPages(p, order: order) }
+          continue
+        }
+        switch op % 5 {
         case 0 where order > 0:
           a.splitPage(p, order: order)
           a.freeContigRange(p, count: 1 << order)
@@ -169,6 +184,11 @@ func pfnsMarked(_ free: [Bool], start: Int) -> [Int] { free.indices.filter { fre
           // Page by page, high half first.
           a.splitPage(p, order: order)
           for k in (0..<(1 << order)).reversed() { #expect(a.putPage(p + k)) }
+        case 3 where order > 0:
+          // freePagesBulk, high half first: two runs.
+          a.splitPage(p, order: order)
+          let half = 1 << (order - 1)
+          a.freePagesBulk((half..<(2 * half)).map { p + $0 } + (0..<half).map { p + $0 })
         case 2:
           #expect(a.putPage(p))
         default:
