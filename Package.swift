@@ -79,5 +79,8 @@ let package = Package(
     .testTarget(name: "PageAllocUtilitiesTests", dependencies: ["_PageAllocUtilities"]),
     .testTarget(
       name: "PageAllocBenchTests", dependencies: ["PageAlloc", "PageAllocBench", "PageAllocTestSupport"]),
+    // Runs the built `pagealloc` binary (built with the tests by `swift build --build-tests`
+    // and `swift test`) and compares its output with the libraries'.
+    .testTarget(name: "PageAllocCLITests", dependencies: ["PageAlloc", "PageAllocViews"]),
   ]
 )
