@@ -185,10 +185,6 @@ public final class PageAllocator: @unchecked Sendable {
     Zonelist(entries: zonelists + highest &* Zonelist.capacity, position: start)
   }
 
-  func zoneIndexSlow(_ pfn: Int) -> Int? {
-    configuration.zones.firstIndex(where: { $0.pfns.contains(PFN(pfn)) })
-  }
-
   /// The record and zone index of `pfn`, or nil when `pfn` has no record or lies outside
   /// every zone: then the call `op` is reported (``BadPageReport/Kind/outsideZones``) and
   /// must do nothing. The guard every entry point taking a pfn starts with.
