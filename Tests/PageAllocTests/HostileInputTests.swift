@@ -137,3 +137,24 @@ extension HostileInputTests {
     #expect(a.freePageCount + a.quarantinedPageCount == a.managedPageCount)
   }
 }
+
+extension HostileInputTests {
+  /// fuzz d5c269e1: one page taken with __GFP_COMP became an order-0 compound head, which
+  /// freeContigRange then refused as a compound page: the page was never freed. An order-0
+  /// page is never compound (prep_new_page() makes one only for order > 0).
+  @Test func oneCompoundPageIsAPlainPage() throws {
+    let a = try makeFuzzAllocator()
+    let p = try #require(a.allocContigPages(count: 1, gfp: [.kernel, .comp]))
+    try a.allocContigRange(PFN(2048)..<PFN(2049), gfp: [.kernel, .comp])
+    for q in [p, PFN(2048)] {
+      #expect(a.refcount(of: q) == 1)
+      a.getPage(q)
+      a.freePages(q, order: 0)
+      a.freeContigRange(q, count: 1)
+    }
+    #expect(a.badPageCount == 0)
+    a.drainAllPages()
+    try a.verify()
+    #expect(a.freePageCount == a.managedPageCount)
+  }
+}
