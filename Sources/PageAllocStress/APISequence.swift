@@ -166,16 +166,17 @@ package struct APISequence {
     case corrupt(pick: Int, page: Int, flags: PageFlags, way: FreeWay)
   }
 
-  /// The allocator the fuzzer and the hostile-input tests use: small enough for thousands
-  /// of inputs a second, with every boundary the checks care about. A DMA zone ending at
-  /// pfn 1000, inside the pageblock 512..<1024 it shares with the Normal zone; a Normal
-  /// zone up to 8192 with a one-section memmap hole at 4096..<5120; 1024-page sections;
-  /// two CPUs; no memory behind the pages.
+  /// The allocator the API-sequence fuzzer uses: small, so that verify() (which walks
+  /// every page) stays cheap and inputs run by the thousand a second, with every boundary
+  /// the checks care about. A DMA zone ending at pfn 1000, inside the pageblock 512..<1024
+  /// it shares with the Normal zone; a Normal zone up to 4096 with a one-section memmap
+  /// hole at 2048..<3072 between its two parts; 1024-page sections (the smallest); two
+  /// CPUs; no memory behind the pages. 3072 pages present.
   package static let fuzzConfiguration = PageAllocator.Configuration(
     zones: [
       ZoneConfiguration(kind: .dma, pfns: PFN(0)..<PFN(1000)),
-      ZoneConfiguration(kind: .normal, pfns: PFN(1000)..<PFN(8192)),
-    ], cpuCount: 2, backing: .none, sectionPages: 1024, holes: [PFN(4096)..<PFN(5120)])
+      ZoneConfiguration(kind: .normal, pfns: PFN(1000)..<PFN(4096)),
+    ], cpuCount: 2, backing: .none, sectionPages: 1024, holes: [PFN(2048)..<PFN(3072)])
 
   package let allocator: PageAllocator
   package private(set) var held = HeldSet()
@@ -186,10 +187,11 @@ package struct APISequence {
   /// order-0 page leaving its tails behind, a stale item freeing pages that now belong to
   /// a new one, may keep them allocated. Every other managed page must come back free or
   /// quarantined.
-  package private(set) var damagedPages = Set<PFN>()
+  package private(set) var damagedPages: PFNBitSet
 
   package init(_ allocator: PageAllocator) {
     self.allocator = allocator
+    damagedPages = PFNBitSet(allocator.pfnSpan)
   }
 
   // MARK: - Steps
@@ -454,21 +456,67 @@ package struct APISequence {
   /// item's release then frees them: a new item with a damaged page is damaged whole.
   mutating func hold(_ h: Held) {
     held.append(h)
-    if !damagedPages.isEmpty && Self.pages(of: h).contains(where: { damagedPages.contains($0) }) {
-      damagedPages.formUnion(Self.pages(of: h))
-    }
-  }
-
-  static func pages(of h: Held) -> [PFN] {
-    switch h {
-    case .block(let p, let o, _, _): Array(p..<(p + (1 << o)))
-    case .run(let p, let n, _): Array(p..<(p + n))
-    case .pages(let ps): ps
-    }
+    if !damagedPages.isEmpty && damagedPages.intersects(h) { damagedPages.insert(h) }
   }
 
   /// Records the pages of every held item with a page in `range` as damaged.
   mutating func damage(_ range: Range<PFN>) {
-    for h in held.items where HeldSet.overlaps(h, range) { damagedPages.formUnion(Self.pages(of: h)) }
+    for h in held.items where HeldSet.overlaps(h, range) { damagedPages.insert(h) }
+  }
+}
+
+/// A set of pfns kept as a bitmap over an allocator's pfn span (pfns outside it are never
+/// members): the driver marks and tests damaged pages by the thousand per fuzz input, which
+/// a `Set<PFN>` made the largest cost of an execution after verify().
+package struct PFNBitSet: Sendable {
+  let base: Int
+  let end: Int
+  var words: [UInt64]
+  package private(set) var isEmpty = true
+
+  init(_ span: Range<PFN>) {
+    base = span.lowerBound.value
+    end = span.upperBound.value
+    words = [UInt64](repeating: 0, count: (span.count + 63) / 64)
+  }
+
+  package func contains(_ p: PFN) -> Bool {
+    guard p.value >= base && p.value < end else { return false }
+    let i = p.value - base
+    return words[i >> 6] & (1 << UInt64(i & 63)) != 0
+  }
+
+  /// Adds the pfns of `r` that lie in the span.
+  mutating func insert(_ r: Range<Int>) {
+    var i = max(r.lowerBound, base) - base
+    let stop = min(r.upperBound, end) - base
+    while i < stop {
+      if i & 63 == 0 && stop - i >= 64 {
+        words[i >> 6] = ~0
+        i += 64
+      } else {
+        words[i >> 6] |= 1 << UInt64(i & 63)
+        i += 1
+      }
+      isEmpty = false
+    }
+  }
+
+  /// Adds every page of a held item.
+  mutating func insert(_ h: Held) {
+    switch h {
+    case .block(let p, let o, _, _): insert(p.value..<(p.value + (1 << o)))
+    case .run(let p, let n, _): insert(p.value..<(p.value + n))
+    case .pages(let ps): for p in ps { insert(p.value..<(p.value + 1)) }
+    }
+  }
+
+  /// Whether a page of the held item is in the set.
+  func intersects(_ h: Held) -> Bool {
+    switch h {
+    case .block(let p, let o, _, _): (p..<(p + (1 << o))).contains { contains($0) }
+    case .run(let p, let n, _): (p..<(p + n)).contains { contains($0) }
+    case .pages(let ps): ps.contains { contains($0) }
+    }
   }
 }

@@ -37,9 +37,17 @@ package func makeTracedAllocator(pages: Int = 1 << 16, cpus: Int = 1) throws -> 
   return (a, t)
 }
 
-/// The fuzzer's allocator (`APISequence.fuzzConfiguration`), for the regressions it found.
+/// The allocator the API-sequence fuzzer ran on when it found the regressions of
+/// HostileInputTests (its pool is smaller now): a DMA zone ending at pfn 1000 inside a
+/// pageblock shared with Normal, a Normal zone up to 8192 with a memmap hole at
+/// 4096..<5120, 1024-page sections, two CPUs.
 package func makeFuzzAllocator() throws -> PageAllocator {
-  try PageAllocator(configuration: APISequence.fuzzConfiguration)
+  try PageAllocator(
+    configuration: .init(
+      zones: [
+        ZoneConfiguration(kind: .dma, pfns: PFN(0)..<PFN(1000)),
+        ZoneConfiguration(kind: .normal, pfns: PFN(1000)..<PFN(8192)),
+      ], cpuCount: 2, backing: .none, sectionPages: 1024, holes: [PFN(4096)..<PFN(5120)]))
 }
 
 /// Allocates order-10 blocks until every page of `range` is allocated, splits them, and
