@@ -24,7 +24,6 @@ let package = Package(
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
-    .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
     .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
   ],
   targets: [
@@ -59,13 +58,11 @@ let package = Package(
       name: "PageAllocTests",
       dependencies: [
         "PageAlloc", "PageAllocTestSupport", "PageAllocStress", "_PageAllocUtilities",
-        .product(name: "PropertyBased", package: "swift-property-based"),
       ]),
     .testTarget(
       name: "PageAllocVMallocTests",
       dependencies: [
         "PageAlloc", "PageAllocVMalloc", "PageAllocTestSupport", "_PageAllocUtilities",
-        .product(name: "PropertyBased", package: "swift-property-based"),
       ]),
     .testTarget(
       name: "PageAllocTraceTests",
