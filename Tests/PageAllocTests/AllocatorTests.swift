@@ -30,7 +30,7 @@ import PageAllocTestSupport
     #expect(z.watermarkLow == 1024 + 262)
     #expect(z.watermarkHigh == 1024 + 524)
     #expect(z.batch == 63)  // zone_batchsize for >= 1 GiB
-    #expect(z.highMin == max(z.watermarkLow / 1, 4 * 63))
+    #expect(z.highMin == 1286)  // the low watermark (one CPU), above 4 * batch
     #expect(z.highMax == 262_144 / 8)
   }
 
