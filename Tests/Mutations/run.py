@@ -288,7 +288,7 @@ def failing_tests(out):
     names = []
     for line in out.split("\n"):
         m = re.match(r"\s*✘ Test (\S+?)(?:\(|\s)", line) or re.match(r"Test Case '(\S+)' failed", line)
-        if m and m.group(1) not in names:
+        if m and m.group(1) not in names and not line.lstrip().startswith("✘ Test run with"):
             names.append(m.group(1))
     return names[:4] + (["..."] if len(names) > 4 else [])
 
