@@ -57,7 +57,7 @@ let package = Package(
     .testTarget(
       name: "PageAllocTests",
       dependencies: [
-        "PageAlloc", "PageAllocTestSupport", "PageAllocStress", "_PageAllocUtilities",
+        "PageAlloc", "PageAllocTestSupport", "PageAllocStress", "PageAllocVMalloc", "_PageAllocUtilities",
       ]),
     .testTarget(
       name: "PageAllocVMallocTests",

@@ -72,17 +72,14 @@ extension PageAllocator {
     return AllocationFailure(order: order, gfp: gfp, reason: reason)
   }
 
-  /// Whether a zone of the request's zonelist passes the watermark of the zonelist walk's
-  /// last pass (the min watermark less the reserves `gfp` may use).
+  /// Whether a zone of the request's zonelist has free pages above the watermark of the
+  /// zonelist walk's last pass (the min watermark less the reserves `gfp` may use), whether
+  /// or not it has a free block of the order.
   func anyZoneAboveMinWatermark(_ order: Int, _ gfp: GFP) -> Bool {
     let highest = gfp.highestZone.rawValue
-    var i = 0
-    while i < 4 {
-      let zi = Int(zonelists[highest * 4 + i])
-      if zi < 0 { break }
+    for zi in zonelist(for: highest) {
       let z = zones + zi
-      if watermarkOK(z, order, reserveMark(z.pointee.wmarkMin, gfp), highest) { return true }
-      i += 1
+      if zoneFreePagesOK(z, order, reserveMark(z.pointee.wmarkMin, gfp), highest) { return true }
     }
     return false
   }

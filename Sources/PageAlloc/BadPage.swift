@@ -37,12 +37,37 @@ public struct BadPageReport: Sendable, Hashable, CustomStringConvertible {
   public var operation: String
   /// Whether the page was put in quarantine (kept off every list for good).
   public var quarantined: Bool
+  /// The page's page_owner record when the report was made (page_owner on): who allocated
+  /// the page and, for a double free, who freed it first.
+  public var owner: PageOwnerRecord?
+  /// For ``Kind/poisonCorrupted``: where the poison was overwritten.
+  public var corruption: PoisonCorruption?
 
   public var description: String {
     let hex = String(pfn.value, radix: 16)
     let pfnText = String(repeating: "0", count: max(0, 5 - hex.count)) + hex
     return "BUG: Bad page state in process pagealloc  pfn:\(pfnText) (\(operation): \(reason)"
       + (quarantined ? ", quarantined)" : ")")
+  }
+
+  /// The whole report, as the kernel prints it: for a bad page, the `bad_page()` line
+  /// (``description``), `page dumped because:` and `dump_page_owner()`'s lines; for a
+  /// poisoned page, `check_poison_mem()`'s line and hex dump, then the page dump with the
+  /// page_owner lines.
+  public var fullText: String {
+    var lines: [String]
+    var because = reason
+    if let c = corruption {
+      lines = [reason] + c.hexDump
+      if let t = c.callTrace { lines += ["Call Trace:"] + t.frames.map { " " + $0 } }
+      lines.append("page: pfn:0x\(String(pfn.value, radix: 16)) (\(operation))")
+      because = "pagealloc: corrupted page details"
+    } else {
+      lines = [description]
+    }
+    lines.append("page dumped because: \(because)")
+    if let owner { lines += owner.dumpLines }
+    return lines.joined(separator: "\n")
   }
 }
 
@@ -72,6 +97,10 @@ extension PageAllocator {
   /// Hardware-poisoned pages taken out of use at free time (part of the quarantine).
   public var hwpoisonedPageCount: Int { hwpoisoned.load(ordering: .relaxed) }
 
+  /// Pages freed while mlocked (the kernel's UNEVICTABLE_PGCLEARED event): the flag is
+  /// cleared and the page freed, not reported.
+  public var mlockedPagesCleared: Int { mlockCleared.load(ordering: .relaxed) }
+
   /// Allocations that failed (returned nil).
   public var allocationFailureCount: Int { reports.withLock { $0.allocFailures } }
 
@@ -84,23 +113,33 @@ extension PageAllocator {
   }
 
   @usableFromInline @inline(never)
-  func reportBad(_ pfn: Int, _ kind: BadPageReport.Kind, _ reason: String, _ op: String, quarantine: Bool) {
+  func reportBad(
+    _ pfn: Int, _ kind: BadPageReport.Kind, _ reason: String, _ op: String, quarantine: Bool,
+    corruption: PoisonCorruption? = nil
+  ) {
+    // dump_page_owner(): the page's record as the bad free found it.
+    let owner = debug.owner.flatMap { t in memMap.record(pfn) != nil ? ownerSnapshot(t, pfn) : nil }
     if quarantine, let r = memMap.record(pfn) {
       // Only a page that is not already free or quarantined is taken out.
       let w = r.pointee.flags.load(ordering: .relaxed)
       if w & (PG.freeMask | PG.quarantined) == 0 {
-        r.pointee.flags.store(PG.quarantined | (w & PG.flagMask & ~(PG.head | PG.tail)), ordering: .relaxed)
+        r.pointee.flags.store(
+          PG.quarantined | (w & PG.flagMask & ~(PG.head | PG.tail | PG.tailsTouched)), ordering: .relaxed)
         quarantined.wrappingAdd(1, ordering: .relaxed)
       }
     }
-    let report = BadPageReport(pfn: PFN(pfn), kind: kind, reason: reason, operation: op, quarantined: quarantine)
+    let report = BadPageReport(
+      pfn: PFN(pfn), kind: kind, reason: reason, operation: op, quarantined: quarantine, owner: owner,
+      corruption: corruption)
     reports.withLock {
       $0.total += 1
       $0.byKind[kind, default: 0] += 1
       if $0.reports.count < ReportLog.keep { $0.reports.append(report) }
     }
-    if configuration.printReports { printError(report.description) }
-    if trapOnBad { fatalError(report.description) }
+    if configuration.printReports {
+      printError(owner == nil && corruption == nil ? report.description : report.fullText)
+    }
+    if trapOnBad { fatalError(report.fullText) }
   }
 
   /// `injected`: the failure came from fault injection; noted for the calling thread so

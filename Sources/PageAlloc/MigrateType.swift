@@ -39,35 +39,33 @@ public enum MigrateType: Int, CaseIterable, Sendable, CustomStringConvertible {
   }
 }
 
-/// The zone types of `enum zone_type` that PageAlloc models.
+/// The zone types of `enum zone_type` on x86-64 (no HighMem there) with ZONE_DEVICE, as
+/// distribution kernels build it: MAX_NR_ZONES is 5.
 public enum ZoneKind: Int, CaseIterable, Sendable, Comparable, CustomStringConvertible {
   case dma = 0
   case dma32 = 1
   case normal = 2
   case movable = 3
+  /// ZONE_DEVICE: device memory (pmem, GPU memory) with struct pages, never managed by
+  /// the buddy allocator. Always empty here, and printed as the kernel prints it.
+  case device = 4
 
   public static func < (a: ZoneKind, b: ZoneKind) -> Bool { a.rawValue < b.rawValue }
 
   /// MAX_NR_ZONES: how many kinds there are (`allCases.count`, as a constant).
-  @usableFromInline static let count = 4
+  public static let count = 5
 
-  /// The name the kernel prints ("DMA", "DMA32", "Normal", "Movable").
+  /// The name the kernel prints ("DMA", "DMA32", "Normal", "Movable", "Device").
   public var description: String {
     switch self {
     case .dma: "DMA"
     case .dma32: "DMA32"
     case .normal: "Normal"
     case .movable: "Movable"
+    case .device: "Device"
     }
   }
 
-  /// `sysctl_lowmem_reserve_ratio` defaults (0 means no reserve).
-  var lowmemReserveRatio: Int {
-    switch self {
-    case .dma: 256
-    case .dma32: 256
-    case .normal: 32
-    case .movable: 0
-    }
-  }
+  /// `sysctl_lowmem_reserve_ratio`'s defaults, by kind: 256, 256, 32, 0, 0.
+  public static let defaultLowmemReserveRatio = [256, 256, 32, 0, 0]
 }

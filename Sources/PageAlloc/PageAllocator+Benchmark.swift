@@ -8,8 +8,10 @@ import Synchronization
 extension PageAllocator {
   /// `alloc_pages()` that never uses the per-CPU lists: every request takes the zone lock
   /// and `rmqueue()`s from the buddy, as the kernel did for every order before the pcp
-  /// lists existed (and still does when the pcp trylock fails). Same zonelist walk,
-  /// watermarks and page preparation as ``allocPages(order:gfp:)``; no fault injection.
+  /// lists existed (and still does when the pcp trylock fails). The same watermarks and page
+  /// preparation as ``allocPages(order:gfp:)``, and its first pass with ALLOC_NOFRAGMENT;
+  /// a simpler walk after it (the min pass straight away, no drain, no memalloc pass); no
+  /// fault injection.
   @_spi(Benchmark) @inlinable
   public func allocPagesBypassingPcp(order: Int, gfp: GFP) -> PFN? {
     precondition(order >= 0 && order <= PageGeometry.maxOrder)
@@ -20,7 +22,10 @@ extension PageAllocator {
       for zi in zonelist(for: highest) {
         let z = zones + zi
         let mark = pass == 0 ? z.pointee.wmarkLow : reserveMark(z.pointee.wmarkMin, gfp)
-        if watermarkOK(z, order, mark, highest), let pfn = rmqueueBuddy(z, order, mt) {
+        let highMark = pass == 0 ? z.pointee.wmarkHigh : reserveMark(z.pointee.wmarkHigh, gfp)
+        let flags = pass == 0 ? noFragmentFlags(zones + zonelist(for: highest).preferred) : []
+        if zoneAllocOK(z, order, mark, highMark, highest), let pfn = rmqueueBuddy(z, order, mt, flags) {
+          if _slowPath(checksPages) && !checkNewPages(pfn, order, zi) { continue }
           prepNewPage(pfn, order, gfp, frozen: false)
           tracePageAlloc(pfn, order, mt, gfp)
           return PFN(pfn)
@@ -54,8 +59,8 @@ extension PageAllocator {
       if old <= 0 { refcountUnderflow(p, r, "freePagesBypassingPcp") }
       return
     }
-    if _slowPath(poisoning) { fillPoison(p, 1) }
     tracePageFree(p, 0)
+    if _slowPath(debugging) { debugFreeHook(p, 1) }
     zoneFreeBlock(zones + zi, p, 0)
   }
 
@@ -91,10 +96,12 @@ extension PageAllocator {
   public func splitFrozenBlock(_ pfn: PFN, order: Int) -> Bool {
     guard let r = memMap.record(pfn.value), zoneIndex(pfn.value) != nil else { return false }
     let w = r.pointee.flags.load(ordering: .relaxed)
-    guard w & PG.flagMask == 0, PG.order(w) == order, r.pointee.refcount.load(ordering: .relaxed) == 0,
+    guard w & PG.flagMask & ~PG.tailsTouched == 0, PG.order(w) == order,
+      r.pointee.refcount.load(ordering: .relaxed) == 0,
       freeBlockContaining(pfn.value) == nil
     else { return false }
     r.pointee.flags.store(0, ordering: .relaxed)
+    if _slowPath(debugging) { debugSplitHook(pfn.value, order) }
     return true
   }
 

@@ -46,19 +46,26 @@ extension PageAllocator {
     case .buddyOnly:
       claimLocked(z, zi, pfn, end, account)
       z.pointee.lock.unlock()
+      claimed(pfn, count)
       return .claimed
     case .someOnPcp:
       z.pointee.lock.unlock()
     }
     for cpu in 0..<cpuCount { pcp(cpu * zoneCount + zi).pointee.lock.lock() }
     z.pointee.lock.lock()
-    defer {
-      z.pointee.lock.unlock()
-      for cpu in 0..<cpuCount { pcp(cpu * zoneCount + zi).pointee.lock.unlock() }
-    }
-    if coveringBlocks(pfn, end) == .busy { return .busy }
-    claimLocked(z, zi, pfn, end, account)
+    let busy = coveringBlocks(pfn, end) == .busy
+    if !busy { claimLocked(z, zi, pfn, end, account) }
+    z.pointee.lock.unlock()
+    for cpu in 0..<cpuCount { pcp(cpu * zoneCount + zi).pointee.lock.unlock() }
+    if busy { return .busy }
+    claimed(pfn, count)
     return .claimed
+  }
+
+  /// The claimed pages are allocations now: `post_alloc_hook()`'s debug steps, outside the
+  /// locks (the pages are the caller's).
+  private func claimed(_ pfn: Int, _ count: Int) {
+    if debugging { debugAllocRangeHook(pfn, count, recordOrder: 0, []) }
   }
 
   private enum Coverage { case busy, buddyOnly, someOnPcp }

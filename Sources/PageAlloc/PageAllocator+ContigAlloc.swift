@@ -203,6 +203,10 @@ extension PageAllocator {
       break
     }
     guard let (outerStart, outerEnd) = outer else { return }
+    // split_map_pages(): every page of the blocks taken is allocated (post_alloc_hook)
+    // before the parts outside the range are freed again, so the debug steps see an
+    // allocation and then a free of those parts.
+    if debugging { debugAllocRangeHook(outerStart, outerEnd - outerStart, recordOrder: compoundOrder, gfp) }
 
     // Trim the over-isolated head and tail (__free_contig_frozen_range: Isolate lists).
     if outerStart < start { freeContigCommon(outerStart, start - outerStart, frozen: true, "allocContigRange") }
@@ -228,14 +232,7 @@ extension PageAllocator {
         p += 1
       }
     }
-    if poisoning {
-      var p = start
-      while p < end {
-        checkPoison(p, 0)
-        p += 1
-      }
-    }
-    if gfp.contains(.zero) {
+    if !debugging && gfp.contains(.zero) {
       var p = start
       while p < end {
         if let a = arena.address(of: p) {

@@ -91,9 +91,12 @@ extension PageAllocator {
   func freeContigCommon(_ pfn: Int, _ n: Int, frozen: Bool, _ op: String) {
     var p = pfn
     let end = pfn &+ n
-    if frozen, memMap.record(p) != nil, let blk = freeBlockContaining(p) {
+    if frozen, memMap.record(p) != nil, let blk = markTailTouched(p) {
       // A frozen page has no reference to underflow: a range starting inside a free block
       // is found by its head. (A free block starting inside the range is caught per page.)
+      // A range starting at a tail of an allocated block marks that block, whose free
+      // then reads its tails. (One that crosses a non-compound block's head frees the head
+      // as an order-0 page: the block is gone. A compound head it crosses is quarantined.)
       reportInsideFreeBlock(p, blk.head, op)
       p = min(blk.head &+ (1 &<< blk.order), end)
     }
@@ -134,7 +137,7 @@ extension PageAllocator {
     var r = memMap.presentRecord(start)
     var q = start
     var runStart = -1
-    let slow = poisoning || tracing.load(ordering: .relaxed)
+    let slow = tracing.load(ordering: .relaxed)
     var recheck = false
     while q < segEnd {
       if frozen && _slowPath(recheck) {
@@ -154,6 +157,8 @@ extension PageAllocator {
       if frozen {
         ok = r.pointee.refcount.load(ordering: .relaxed) == 0
         if _slowPath(!ok) {
+          // free_pages_prepare() traces before it finds the reference.
+          tracePageFree(q, 0)
           reportNonzeroRefcount(q, op)
         }
       } else {
@@ -171,6 +176,8 @@ extension PageAllocator {
             // (reported) head, or they would be freed a second time.
             skip = min(1 &<< PG.order(w), segEnd &- q)
           }
+          // free_pages_prepare(page, 0): mm_page_free first, then the checks.
+          tracePageFree(q, 0)
           ok = preparePageSlow(r, q, w, op)
         }
       }
@@ -187,9 +194,11 @@ extension PageAllocator {
     if runStart >= 0 { freePreparedRange(runStart, segEnd &- runStart, zi) }
   }
 
-  /// `free_prepared_contig_range()`: the greedy decomposition of a prepared run.
+  /// `free_prepared_contig_range()`: the greedy decomposition of a prepared run. The
+  /// debug steps run once for the whole run: one stack capture, one protection change.
   @inlinable @inline(__always)
   func freePreparedRange(_ pfn: Int, _ n: Int, _ zi: Int) {
+    if _slowPath(debugging) { debugFreeHook(pfn, n) }
     var p = pfn
     var left = n
     while left > 0 {

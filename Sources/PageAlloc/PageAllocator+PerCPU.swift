@@ -10,15 +10,18 @@ extension PageAllocator {
 
   /// `rmqueue_pcplist()`: pops the head of this CPU's list, refilling it from the buddy in
   /// a batch when empty. Returns nil when the pcp lock is busy (the caller then takes the
-  /// zone lock path) or the zone has nothing.
+  /// zone lock path), when an ALLOC_HIGHATOMIC request finds the list empty, or when the
+  /// zone has nothing. Every call halves `free_count` (the drain scale).
   @inlinable @inline(__always)
-  func rmqueuePcplist(_ z: UnsafeMutablePointer<Zone>, _ zi: Int, _ order: Int, _ mt: Int) -> Int? {
+  func rmqueuePcplist(
+    _ z: UnsafeMutablePointer<Zone>, _ zi: Int, _ order: Int, _ mt: Int, _ flags: AllocFlags
+  ) -> Int? {
     let pcp = localPcp(zi)
     if _slowPath(!pcp.pointee.lock.tryLock()) { return nil }
     pcp.pointee.freeCount = pcp.pointee.freeCount &>> 1
     let l = pcp.pointee.lists + orderToPindex(mt, order)
     if _slowPath(l.pointee.head == PageRecord.nilLink) {
-      if !pcpRefill(z, pcp, l, order, mt) {
+      if !pcpRefill(z, pcp, l, order, mt, flags) {
         pcp.pointee.lock.unlock()
         return nil
       }
@@ -32,18 +35,24 @@ extension PageAllocator {
   }
 
   /// The refill half of `rmqueue_pcplist()` (`rmqueue_bulk()`): moves a batch of blocks
-  /// from the buddy to the empty pcp list `l`, under the zone lock. Returns false when the
-  /// zone had none. Out of line: the common case pops a block without refilling.
+  /// from the buddy to the tail of the empty pcp list `l`, under the zone lock, in the
+  /// order `__rmqueue()` hands them out (physical order within a split block). Returns
+  /// false when nothing was added: the zone had none, or the request is ALLOC_HIGHATOMIC
+  /// (`nr_pcp_alloc()` has run by then, retuning the pcp). Out of line: the common case
+  /// pops a block without refilling.
   @usableFromInline @inline(never)
   func pcpRefill(
     _ z: UnsafeMutablePointer<Zone>, _ pcp: UnsafeMutablePointer<PerCPUPages>, _ l: UnsafeMutablePointer<FreeList>,
-    _ order: Int, _ mt: Int
+    _ order: Int, _ mt: Int, _ flags: AllocFlags
   ) -> Bool {
     let n = nrPcpAlloc(pcp, z, order)
+    // High-order atomic requests go to the buddy and its HighAtomic reserve instead.
+    if flags.contains(.highAtomic) { return false }
     z.pointee.lock.lock()
     var got = 0
+    var mode = RmqueueMode.normal
     while got < n {
-      guard let b = rmqueue(z, order, mt) else { break }
+      guard let b = rmqueue(z, order, mt, flags, &mode) else { break }
       pcpAddTail(l, b, order)
       got &+= 1
     }
@@ -53,31 +62,39 @@ extension PageAllocator {
     return got != 0
   }
 
-  /// `nr_pcp_alloc()`: how many blocks a refill takes. Doubles (alloc_factor) while
-  /// allocations repeat without frees, bounded by the room left below `high`; high orders
-  /// take `batch >> order` blocks, at least 2.
+  /// `nr_pcp_alloc()`: how many blocks of `2^order` a refill takes, retuning the pcp.
+  ///
+  /// `high` is clamped into [high_min, high_max] first (an untouched pcp's 0 becomes
+  /// high_min); a pcp whose `high` is below its batch (a boot or disabled pageset) takes 1.
+  /// The batch is `batch << alloc_factor` for order 0 and `batch` for higher orders. Unless
+  /// `high` is fixed (high_min == high_max) or the zone is flagged ZONE_BELOW_HIGH, `high`
+  /// grows by that batch (up to high_max): a pcp that keeps refilling could have kept more.
+  /// For order 0 the batch is capped by the room under `high` (at least `batch`), and
+  /// alloc_factor grows (up to CONFIG_PCP_BATCH_SCALE_MAX) while the batch fits; every free
+  /// halves it again. Higher orders take `batch >> order` blocks, at least 2, unless the
+  /// batch is 1 (tiny zones refill one block at every order).
   @inlinable
   func nrPcpAlloc(_ pcp: UnsafeMutablePointer<PerCPUPages>, _ z: UnsafeMutablePointer<Zone>, _ order: Int) -> Int {
     let base = pcp.pointee.batch
-    let high = pcp.pointee.high
-    if high == 0 { return 1 }
-    var batch = base
-    if pcp.pointee.highMin != pcp.pointee.highMax && !zoneBelowHigh(z) {
-      let room = max(high &- pcp.pointee.count &- base, base)
-      batch = base &<< pcp.pointee.allocFactor
-      if batch <= room && pcp.pointee.allocFactor < pcpBatchScaleMax {
+    let lo = pcp.pointee.highMin
+    let hi = pcp.pointee.highMax
+    var high = kernelClamp(pcp.pointee.high, lo, hi)
+    pcp.pointee.high = high
+    if high < base { return 1 }
+    var batch = order == 0 ? base &<< pcp.pointee.allocFactor : base
+    if lo != hi && !z.pointee.belowHigh.load(ordering: .relaxed) {
+      high = min(high &+ batch, hi)
+      pcp.pointee.high = high
+    }
+    if order == 0 {
+      let maxNrAlloc = max(high &- pcp.pointee.count &- base, base)
+      if batch <= maxNrAlloc && pcp.pointee.allocFactor < pcpBatchScaleMax {
         pcp.pointee.allocFactor = pcp.pointee.allocFactor &+ 1
       }
-      batch = min(batch, room)
+      batch = min(batch, maxNrAlloc)
     }
-    if order > 0 { batch = max(batch &>> order, 2) }
+    if batch > 1 { batch = max(batch &>> order, 2) }
     return batch
-  }
-
-  /// ZONE_BELOW_HIGH, computed instead of kept as a flag.
-  @inlinable @inline(__always)
-  func zoneBelowHigh(_ z: UnsafeMutablePointer<Zone>) -> Bool {
-    z.pointee.nrFreePages.load(ordering: .relaxed) < z.pointee.wmarkHigh
   }
 
   /// Puts a block on a pcp list's tail (a refill: `rmqueue_bulk()` adds at the tail).
@@ -159,8 +176,15 @@ extension PageAllocator {
     pcp.pointee.lock.unlock()
   }
 
-  /// `free_frozen_page_commit()`: adds the block to the pcp list head and drains the oldest
-  /// blocks to the buddy when the pcp reaches `high`.
+  /// `free_frozen_page_commit()`: adds the block to the head of its pcp list, then drains
+  /// to the buddy when the pcp has reached the limit `nr_pcp_high()` returns.
+  ///
+  /// Every free halves `alloc_factor` (the refill scale) and adds to `free_count` while it
+  /// is below `batch << CONFIG_PCP_BATCH_SCALE_MAX` (the test comes before the add, so an
+  /// order-9 free can overshoot by 511). A free of order 1...3 following another such free,
+  /// with `free_count` at least `batch + high_min / 2`, is a burst ("free_high"); with
+  /// PCPF_FREE_HIGH_BATCH it also needs a batch of pages on the pcp. The drain itself is
+  /// out of line (``freeCommitDrain(_:_:_:_:_:)``).
   @inlinable @inline(__always)
   func freeCommit(
     _ z: UnsafeMutablePointer<Zone>, _ pcp: UnsafeMutablePointer<PerCPUPages>, _ pfn: Int, _ mt: Int,
@@ -171,82 +195,117 @@ extension PageAllocator {
     let pindex = orderToPindex(mt, order)
     pcpAddHead(pcp.pointee.lists + pindex, pfn, order)
     pcp.pointee.count = pcp.pointee.count &+ (1 &<< order)
+    let batch = pcp.pointee.batch
     var freeHigh = false
     if order >= 1 && order <= PageGeometry.costlyOrder {
       // Many high-order frees with no allocation in between: drain harder.
       freeHigh =
-        pcp.pointee.freeCount >= pcp.pointee.batch &+ pcp.pointee.highMin / 2
-        && pcp.pointee.prevFreeHighOrder
+        pcp.pointee.freeCount >= batch &+ pcp.pointee.highMin / 2 && pcp.pointee.prevFreeHighOrder
+        && (!pcp.pointee.freeHighBatch || pcp.pointee.count >= batch)
       pcp.pointee.prevFreeHighOrder = true
     } else if pcp.pointee.prevFreeHighOrder {
       pcp.pointee.prevFreeHighOrder = false
     }
-    pcp.pointee.freeCount = min(pcp.pointee.freeCount &+ (1 &<< order), pcp.pointee.batch &<< pcpBatchScaleMax)
-    let high = nrPcpHigh(pcp, z, freeHigh)
-    if pcp.pointee.count >= high {
-      freePcppagesBulk(z, nrPcpFree(pcp, high, freeHigh), pcp, pindex)
+    if pcp.pointee.freeCount < batch &<< pcpBatchScaleMax {
+      pcp.pointee.freeCount = pcp.pointee.freeCount &+ (1 &<< order)
+    }
+    let high = nrPcpHigh(pcp, z, batch, freeHigh)
+    if _fastPath(pcp.pointee.count < high) { return }
+    freeCommitDrain(z, pcp, pindex, high, freeHigh)
+  }
+
+  /// The drain of `free_frozen_page_commit()`: `nr_pcp_free()` pages, in pieces of at most
+  /// `batch`, each piece starting again at the list just freed to (`pindex`), so a block
+  /// that pushed the pcp over its limit is the first to go back (the oldest of its list).
+  /// Then, if the zone is flagged ZONE_BELOW_HIGH but is above its high watermark again,
+  /// the flag is cleared: only this path clears it. (The kernel drops and retakes the pcp
+  /// lock between pieces and gives up if that fails; with the lock held throughout, the
+  /// pieces run to the end, as they do whenever the retake succeeds.)
+  @usableFromInline @inline(never)
+  func freeCommitDrain(
+    _ z: UnsafeMutablePointer<Zone>, _ pcp: UnsafeMutablePointer<PerCPUPages>, _ pindex: Int, _ high: Int,
+    _ freeHigh: Bool
+  ) {
+    let batch = pcp.pointee.batch
+    var toFree = nrPcpFree(pcp, batch, high, freeHigh)
+    while toFree > 0 && pcp.pointee.count > 0 {
+      let piece = min(toFree, batch)
+      freePcppagesBulk(z, piece, pcp, pindex)
+      toFree &-= piece
+    }
+    if z.pointee.belowHigh.load(ordering: .relaxed)
+      && zoneWatermarkOK(z, 0, z.pointee.wmarkHigh, ZoneKind.movable.rawValue)
+    {
+      z.pointee.belowHigh.store(false, ordering: .relaxed)
     }
   }
 
-  /// `nr_pcp_high()`, in our words: `high` is kept in [high_min, high_max]; a burst of
-  /// high-order frees or a zone below its high watermark shrinks it (by `batch << 5`, or by
-  /// the recent free count); a pcp that fills up while the zone is healthy grows it to hold
-  /// the recent frees plus a batch. (The kernel's reclaim-active case does not arise: no
-  /// reclaim; the vmstat worker's periodic decay is not modelled.)
+  /// `nr_pcp_high()`: the pcp's limit for this free, retuning `high` on the way.
+  ///
+  /// `high` is first clamped into [high_min, high_max] (an untouched pcp's 0 becomes
+  /// high_min here). A burst of high-order frees shrinks it by `batch << 5` and drains now
+  /// (limit 0); with high_min == high_max (percpu_pagelist_high_fraction set) it is fixed;
+  /// while the zone is flagged ZONE_BELOW_HIGH it shrinks by the recent free count and the
+  /// pcp drains from high_min on; otherwise a pcp that reached `high` grows it to hold the
+  /// recent frees plus a batch, for the next frees (this one compares with the old value).
+  /// (The kernel's ZONE_RECLAIM_ACTIVE case does not arise: no reclaim.)
   @inlinable @inline(__always)
-  func nrPcpHigh(_ pcp: UnsafeMutablePointer<PerCPUPages>, _ z: UnsafeMutablePointer<Zone>, _ freeHigh: Bool) -> Int {
+  func nrPcpHigh(
+    _ pcp: UnsafeMutablePointer<PerCPUPages>, _ z: UnsafeMutablePointer<Zone>, _ batch: Int, _ freeHigh: Bool
+  ) -> Int {
     let lo = pcp.pointee.highMin
     let hi = pcp.pointee.highMax
-    let batch = pcp.pointee.batch
-    let high = min(max(pcp.pointee.high, lo), hi)
+    let high = kernelClamp(pcp.pointee.high, lo, hi)
     pcp.pointee.high = high
-    if high == 0 { return 0 }
-    if freeHigh {
+    if _slowPath(high == 0) { return 0 }
+    if _slowPath(freeHigh) {
       pcp.pointee.high = max(high &- (batch &<< pcpBatchScaleMax), lo)
       return 0
     }
     if lo == hi { return high }
-    if zoneBelowHigh(z) {
+    if _slowPath(z.pointee.belowHigh.load(ordering: .relaxed)) {
       pcp.pointee.high = max(high &- max(pcp.pointee.freeCount, batch), lo)
       return max(pcp.pointee.count, lo)
     }
     if pcp.pointee.count >= high {
       let need = pcp.pointee.freeCount &+ batch
-      if pcp.pointee.high < need { pcp.pointee.high = min(max(need, lo), hi) }
+      if high < need { pcp.pointee.high = kernelClamp(need, lo, hi) }
     }
     return high
   }
 
-  /// `nr_pcp_free()`: how many pages a drain frees: the recent free count clamped to
-  /// [batch, high - batch], everything when high is 0, up to `batch << 5` for a burst.
+  /// `nr_pcp_free()`: how many pages a drain frees: up to `batch << 5` in a burst, 1 when
+  /// `high` is below `batch` (a disabled or boot pageset), else the recent free count
+  /// clamped to [batch, high - batch] (the kernel's clamp).
   @inlinable
-  func nrPcpFree(_ pcp: UnsafeMutablePointer<PerCPUPages>, _ high: Int, _ freeHigh: Bool) -> Int {
-    let batch = pcp.pointee.batch
+  func nrPcpFree(_ pcp: UnsafeMutablePointer<PerCPUPages>, _ batch: Int, _ high: Int, _ freeHigh: Bool) -> Int {
     if freeHigh { return min(pcp.pointee.count, batch &<< pcpBatchScaleMax) }
-    if high == 0 { return pcp.pointee.count }
-    return min(max(pcp.pointee.freeCount, batch), max(high &- batch, batch))
+    if high < batch { return 1 }
+    return kernelClamp(pcp.pointee.freeCount, batch, high &- batch)
   }
 
-  /// `free_pcppages_bulk()`: frees `count` pages from the pcp to the buddy under the zone
-  /// lock, list by list round-robin after `pindex`, oldest (tail) blocks first. Each block's
-  /// migratetype is read again here: the pageblock may have changed (isolation).
+  /// `free_pcppages_bulk()`: frees at least `count` pages (or all there are) from the pcp
+  /// to the buddy under the zone lock. The list `pindex` is visited first; each visited
+  /// list is emptied oldest (tail) block first while pages remain to free, then the next
+  /// non-empty list after it is taken, wrapping round. Each block's migratetype is read
+  /// again here (the pageblock may have been isolated since), the block is merged, then
+  /// traced. `count` may go negative: a THP block ends a drain that had 15 pages left.
   @usableFromInline
   func freePcppagesBulk(
     _ z: UnsafeMutablePointer<Zone>, _ countIn: Int, _ pcp: UnsafeMutablePointer<PerCPUPages>, _ pindexIn: Int
   ) {
     var count = min(countIn, pcp.pointee.count)
     if count <= 0 { return }
-    var pindex = pindexIn
+    // One before the requested list: the first step of the search lands on it.
+    var pindex = pindexIn &- 1
     z.pointee.lock.lock()
-    while count > 0 && pcp.pointee.count > 0 {
-      var tries = 0
+    while count > 0 {
+      // pcp.count >= count > 0: some list is non-empty.
       repeat {
         pindex &+= 1
         if pindex >= PCPList.count { pindex = 0 }
-        tries &+= 1
-      } while pcp.pointee.lists[pindex].head == PageRecord.nilLink && tries <= PCPList.count
+      } while pcp.pointee.lists[pindex].head == PageRecord.nilLink
       let l = pcp.pointee.lists + pindex
-      if l.pointee.head == PageRecord.nilLink { break }
       let order = pindexToOrder(pindex)
       repeat {
         let (pfn, r) = pcpPopTail(l)
@@ -264,20 +323,63 @@ extension PageAllocator {
     // `&+=`: ThreadSanitizer instruments a compound assignment through `pointee` as a write
     // to the whole record, lock word included, and reports a race with every trylock.
     pcp.pointee.drains = pcp.pointee.drains &+ 1
-    pcp.pointee.drainCursor = pindex
   }
 
-  /// `drain_all_pages()`: empties every CPU's pcp lists into the buddy.
-  public func drainAllPages() {
+  /// `drain_pages_zone()`: empties one pcp in pieces of `batch << 5` pages, each a
+  /// `free_pcppages_bulk()` from list 0 (drains keep no cursor between calls).
+  func drainPagesZone(_ z: UnsafeMutablePointer<Zone>, _ pcp: UnsafeMutablePointer<PerCPUPages>) {
+    var left = 0
+    repeat {
+      pcp.pointee.lock.lock()
+      left = pcp.pointee.count
+      if left > 0 {
+        let toDrain = min(left, pcp.pointee.batch &<< pcpBatchScaleMax)
+        freePcppagesBulk(z, toDrain, pcp, 0)
+        left &-= toDrain
+      }
+      pcp.pointee.lock.unlock()
+    } while left > 0
+  }
+
+  /// `decay_pcp_high()` on every CPU's pcp of every populated zone: one tick of the
+  /// kernel's vmstat worker, which runs it about once a second on each CPU while there is
+  /// work. A pcp whose `high` was tuned above high_min gets an eighth taken off it (not
+  /// below high_min, nor below `count - (batch << 5)`), and drains down to the new `high`
+  /// in pieces of `batch`, each from list 0. PageAlloc has no clock: the decay happens only
+  /// when this is called. Returns whether some pcp has more to do (a `high` still above
+  /// high_min, or pages drained this time).
+  @discardableResult
+  public func decayPcpHigh() -> Bool {
+    var todo = false
     for cpu in 0..<cpuCount {
-      for zi in 0..<zoneCount {
+      for zi in 0..<zoneCount where zones[zi].present > 0 {
         let pcp = pcp(cpu * zoneCount + zi)
         pcp.pointee.lock.lock()
-        if pcp.pointee.count > 0 {
-          freePcppagesBulk(zones + zi, pcp.pointee.count, pcp, pcp.pointee.drainCursor)
+        let lo = pcp.pointee.highMin
+        let batch = pcp.pointee.batch
+        if pcp.pointee.high > lo {
+          let high = pcp.pointee.high
+          pcp.pointee.high = max(pcp.pointee.count &- (batch &<< pcpBatchScaleMax), high &- (high &>> 3), lo)
+          if pcp.pointee.high > lo { todo = true }
+        }
+        var toDrain = pcp.pointee.count &- pcp.pointee.high
+        while toDrain > 0 {
+          let piece = min(toDrain, batch)
+          freePcppagesBulk(zones + zi, piece, pcp, 0)
+          todo = true
+          toDrain &-= piece
         }
         pcp.pointee.lock.unlock()
       }
+    }
+    return todo
+  }
+
+  /// `drain_all_pages()`: empties every CPU's pcp lists into the buddy, CPU by CPU, each
+  /// CPU's zones in zone order (`drain_pages()`).
+  public func drainAllPages() {
+    for cpu in 0..<cpuCount {
+      for zi in 0..<zoneCount { drainPagesZone(zones + zi, pcp(cpu * zoneCount + zi)) }
     }
   }
 }

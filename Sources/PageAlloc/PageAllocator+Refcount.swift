@@ -68,9 +68,14 @@ extension PageAllocator {
   /// page in a bad state (`.locked`, `.reserved`...) or a hardware-poisoned one.
   /// A free page (a free block's head or a page inside one) belongs to the allocator and
   /// is left alone: flags there would corrupt the free lists.
+  ///
+  /// Flags on a tail of a block are seen when the block is freed (the call marks the
+  /// block): reported, and the page quarantined, with ``Configuration/checkPages``;
+  /// cleared without a report otherwise, as the kernel's free clears them when its checks
+  /// are off. A hardware-poisoned page is kept out of use either way.
   public func setPageFlags(_ pfn: PFN, _ flags: PageFlags) {
     guard let r = memMap.record(pfn.value) else { return }
-    if r.pointee.flags.load(ordering: .relaxed) & PG.freeMask != 0 || freeBlockContaining(pfn.value) != nil { return }
+    if r.pointee.flags.load(ordering: .relaxed) & PG.freeMask != 0 || markTailTouched(pfn.value) != nil { return }
     r.pointee.flags.bitwiseOr(flags.intersection(.settable).rawValue, ordering: .relaxed)
   }
 
@@ -113,22 +118,36 @@ extension PageAllocator {
         quarantine: false)
       return
     }
-    r.pointee.flags.store(w & PG.flagMask, ordering: .relaxed)
+    // The head becomes an order-0 page; each tail is judged on its own when it is freed.
+    r.pointee.flags.store(w & PG.flagMask & ~PG.tailsTouched, ordering: .relaxed)
     // A block never crosses a section, so its records are contiguous.
     var t = r + 1
     let end = r + (1 &<< order)
+    // One test per tail for both cases below: a free block's head, or the head (or a
+    // tail) of a block allocated again, carries an order, a list flag or a compound flag.
+    let foreign = PG.freeMask | PG.head | PG.tail | (0xFF &<< PG.orderShift)
     while t < end {
       let tw = t.pointee.flags.load(ordering: .relaxed)
-      if _slowPath(tw & PG.freeMask != 0) {
-        // A tail freed behind the owner's back (a frozen free of a refcount-0 tail): it is
-        // a free block now and keeps refcount 0; its pages are skipped.
+      if _slowPath(tw & foreign != 0) {
         let q = pfn.value &+ (t - r)
-        reportBad(q, .doubleFree, "split_page of a block with a free page", "splitPage", quarantine: false)
+        if tw & PG.freeMask != 0 {
+          // A tail freed behind the owner's back (a frozen free of a refcount-0 tail): it
+          // is a free block now and keeps refcount 0; its pages are skipped.
+          reportBad(q, .doubleFree, "split_page of a block with a free page", "splitPage", quarantine: false)
+        } else {
+          // A block allocated again inside this one, after pages of it were freed behind
+          // the owner's back: it is its new owner's. Referencing its tails would make them
+          // look like this split's order-0 pages, free to be freed under a block whose
+          // free does not read them.
+          reportBad(
+            q, .doubleFree, "split_page of a block with a page allocated again", "splitPage", quarantine: false)
+        }
         t += min(1 &<< PG.order(tw), end - t)
         continue
       }
       t.pointee.refcount.store(1, ordering: .relaxed)
       t += 1
     }
+    if _slowPath(debugging) { debugSplitHook(pfn.value, order) }
   }
 }

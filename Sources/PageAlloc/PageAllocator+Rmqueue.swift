@@ -5,11 +5,23 @@ import Synchronization
 // `__rmqueue_claim()` (`can_claim_block()`, `try_to_claim_block()`) and `__rmqueue_steal()`.
 
 extension PageAllocator {
-  /// `rmqueue_buddy()`.
+  /// `rmqueue_buddy()`: one block from the buddy under the zone lock, with a fresh
+  /// `__rmqueue()` mode. An ALLOC_HIGHATOMIC request tries the HighAtomic lists first, a
+  /// non-blocking one falls back to them last. (No pageblock ever becomes HighAtomic here,
+  /// see the README, so both find nothing; they are kept so the order of the tries is the
+  /// kernel's.)
   @inlinable
-  func rmqueueBuddy(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ mt: Int) -> Int? {
+  func rmqueueBuddy(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ mt: Int, _ flags: AllocFlags) -> Int? {
     z.pointee.lock.lock()
-    let p = rmqueue(z, order, mt)
+    var p: Int? = nil
+    if _slowPath(flags.contains(.highAtomic)) { p = rmqueueSmallest(z, order, MigrateType.highAtomic.rawValue) }
+    if p == nil {
+      var mode = RmqueueMode.normal
+      p = rmqueue(z, order, mt, flags, &mode)
+      if _slowPath(p == nil && flags.contains(.nonBlock)) {
+        p = rmqueueSmallest(z, order, MigrateType.highAtomic.rawValue)
+      }
+    }
     if let p {
       memMap.presentRecord(p).pointee.flags.store(PG.word(flags: 0, order: order), ordering: .relaxed)
       z.pointee.pgalloc = z.pointee.pgalloc &+ (1 &<< order)
@@ -17,6 +29,7 @@ extension PageAllocator {
     z.pointee.lock.unlock()
     return p
   }
+
   /// `expand()`: splits a block of order `high` taken at `pfn` down to `low`, returning
   /// the upper halves to the free lists of `mt`.
   @inlinable @inline(__always)
@@ -46,17 +59,37 @@ extension PageAllocator {
     return nil
   }
 
-  /// `__rmqueue()`: the requested type, then claiming a whole block of a fallback type,
-  /// then stealing a single block.
+  /// `__rmqueue()`: the requested type's lists, then claiming a pageblock of a fallback
+  /// type, then (without ALLOC_NOFRAGMENT) stealing one block of it. `mode` remembers what
+  /// worked for the rest of one refill: after a steal the next blocks are stolen at once,
+  /// after a claim the requested lists are tried first again (the claim filled them).
   @inlinable
-  func rmqueue(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ mt: Int) -> Int? {
-    if let p = rmqueueSmallest(z, order, mt) { return p }
+  func rmqueue(
+    _ z: UnsafeMutablePointer<Zone>, _ order: Int, _ mt: Int, _ flags: AllocFlags, _ mode: inout RmqueueMode
+  ) -> Int? {
+    if mode == .normal {
+      if let p = rmqueueSmallest(z, order, mt) { return p }
+    }
+    // Only the pcp types fall back (the kernel's fallbacks[] has no row for the others).
     if mt >= MigrateType.pcpTypes { return nil }
-    if let p = rmqueueClaim(z, order, mt) { return p }
-    return rmqueueSteal(z, order, mt)
+    if mode != .steal {
+      if let p = rmqueueClaim(z, order, mt, flags) {
+        mode = .normal
+        return p
+      }
+    }
+    if !flags.contains(.noFragment), let p = rmqueueSteal(z, order, mt) {
+      mode = .steal
+      return p
+    }
+    return nil
   }
 
-  /// `can_claim_block()`'s order test (`should_try_claim_block`).
+  /// `should_try_claim_block()`: whether falling back at a free block of order `order` may
+  /// claim its whole pageblock for `startMt`: always from half a pageblock up, and at any
+  /// order for Unmovable and Reclaimable requests (which would pollute a Movable block);
+  /// small Movable requests only steal. (The kernel also claims whenever grouping by
+  /// mobility is off, which it is below 3072 pages; PageAlloc always groups.)
   @usableFromInline
   func canClaim(_ order: Int, _ startMt: Int) -> Bool {
     if order >= PageGeometry.pageblockOrder { return true }
@@ -64,19 +97,25 @@ extension PageAllocator {
     return startMt == MigrateType.reclaimable.rawValue || startMt == MigrateType.unmovable.rawValue
   }
 
-  /// `__rmqueue_claim()`: the largest block of a fallback type whose pageblock can be
-  /// claimed for `startMt`.
+  /// `__rmqueue_claim()`: from MAX_PAGE_ORDER down, the first order with a free block on a
+  /// fallback type's list (in `fallbacks[]` order) whose pageblock can be claimed for
+  /// `startMt` (``tryClaimBlock(_:_:_:_:_:_:)``); stops at the first order too small to
+  /// claim. With ALLOC_NOFRAGMENT only blocks of pageblock order and up are considered, so
+  /// only whole pageblocks change type. Traces mm_page_alloc_extfrag on success.
   @usableFromInline
-  func rmqueueClaim(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ startMt: Int) -> Int? {
+  func rmqueueClaim(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ startMt: Int, _ flags: AllocFlags) -> Int? {
     let fallbacks = MigrateType(rawValue: startMt)!.fallbacks
+    var minOrder = order
+    if order < PageGeometry.pageblockOrder && flags.contains(.noFragment) { minOrder = PageGeometry.pageblockOrder }
     var current = PageGeometry.maxOrder
-    while current >= order {
+    while current >= minOrder {
+      if !canClaim(current, startMt) { break }
       for fb in fallbacks {
         let head = z.pointee.lists[listIndex(current, fb.rawValue)].head
         if head == PageRecord.nilLink { continue }
-        if !canClaim(current, startMt) { return nil }
         if let p = tryClaimBlock(z, Int(head), current, order, startMt, fb.rawValue) {
           z.pointee.fallbackAllocs = z.pointee.fallbackAllocs &+ 1
+          traceExtfrag(p, order, current, startMt, fb.rawValue)
           return p
         }
         break
@@ -86,7 +125,14 @@ extension PageAllocator {
     return nil
   }
 
-  /// `try_to_claim_block()`.
+  /// `try_to_claim_block()`: a block of pageblock order or more is taken whole, its
+  /// pageblocks retyped to `startMt` and split onto `startMt`'s lists (no
+  /// mm_page_alloc_zone_locked: the kernel does not go through `__rmqueue_smallest()`). A
+  /// smaller block claims its pageblock when at least half of it is free or "alike" (in
+  /// use, for an Unmovable or Reclaimable request falling back to a Movable block: PageAlloc
+  /// has no LRU, so no page in use counts as movable), then `__rmqueue_smallest()` serves
+  /// the request from the retyped lists (and traces zone_locked). Watermark boosting is not
+  /// modelled.
   @usableFromInline
   func tryClaimBlock(
     _ z: UnsafeMutablePointer<Zone>, _ pfn: Int, _ current: Int, _ order: Int, _ startMt: Int,
@@ -148,7 +194,9 @@ extension PageAllocator {
     return rmqueueSmallest(z, order, startMt)
   }
 
-  /// `__rmqueue_steal()`: the smallest fallback block, without claiming its pageblock.
+  /// `__rmqueue_steal()`: the smallest fallback block (from `order` up, in `fallbacks[]`
+  /// order), split down to `order` with the halves left on the fallback type's lists; its
+  /// pageblock keeps its type.
   @usableFromInline
   func rmqueueSteal(_ z: UnsafeMutablePointer<Zone>, _ order: Int, _ startMt: Int) -> Int? {
     let fallbacks = MigrateType(rawValue: startMt)!.fallbacks
@@ -160,7 +208,9 @@ extension PageAllocator {
         delFromFreeList(z, pfn, current, fb.rawValue)
         expand(z, pfn, order, current, fb.rawValue)
         z.pointee.fallbackAllocs = z.pointee.fallbackAllocs + 1
-        // The kernel traces mm_page_alloc_extfrag here, not mm_page_alloc_zone_locked.
+        // mm_page_alloc_extfrag, and no mm_page_alloc_zone_locked: the block did not come
+        // through __rmqueue_smallest().
+        traceExtfrag(pfn, order, current, startMt, fb.rawValue)
         return pfn
       }
     }

@@ -7,7 +7,9 @@
 public struct PageSetStatistics: Sendable, Hashable {
   /// Pages on the pcp lists.
   public var count: Int
-  /// The drain threshold now, tuned between ``highMin`` and ``highMax``.
+  /// The drain threshold now, tuned between ``highMin`` and ``highMax``; 0 for a pcp that
+  /// no allocation or free has used yet (the kernel clamps it on first use, and
+  /// /proc/zoneinfo shows such a pcp with `high: 0`).
   public var high: Int
   /// Blocks moved per refill or drain step.
   public var batch: Int
@@ -40,7 +42,8 @@ public struct ZoneStatistics: Sendable, Hashable {
   public var watermarkLow: Int
   public var watermarkHigh: Int
   public var watermarkPromo: Int
-  /// lowmem_reserve by the highest zone kind of a request (DMA, DMA32, Normal, Movable).
+  /// lowmem_reserve by the highest zone kind of a request (DMA, DMA32, Normal, Movable,
+  /// Device): what /proc/zoneinfo prints as `protection`.
   public var lowmemReserve: [Int]
   /// nr_free per order (all migratetypes).
   public var freeBlocks: [Int]
@@ -200,6 +203,31 @@ extension PageAllocator {
       out.append(s)
     }
     return out
+  }
+
+  /// The counters of every zone of the node, one per ``ZoneKind`` in kind order, as
+  /// /proc/zoneinfo walks them: the configured zones' ``zoneStatistics()``, and for the
+  /// kinds left out an empty zone with the kernel's numbers for one (watermarks from the
+  /// same formula with no managed pages: 32 for Movable, 0 for the others; no protection;
+  /// the boot pageset's batch 1 and high 0).
+  public func nodeZoneStatistics() -> [ZoneStatistics] {
+    let configured = zoneStatistics()
+    let lowmem = lowmemPageCount
+    return ZoneKind.allCases.map { kind in
+      if let s = configured.first(where: { $0.kind == kind }) { return s }
+      let w = PageAllocator.watermarks(
+        kind: kind, managed: 0, lowmemPages: lowmem, minFreeKbytes: minFreeKbytes,
+        scaleFactor: configuration.watermarkScaleFactor)
+      return ZoneStatistics(
+        kind: kind, pfns: PFN(0)..<PFN(0), spanned: 0, present: 0, managed: 0, nrFreePages: 0, isolatedFreePages: 0,
+        pcpPages: 0, watermarkMin: w.min, watermarkLow: w.low, watermarkHigh: w.high, watermarkPromo: w.promo,
+        lowmemReserve: [Int](repeating: 0, count: ZoneKind.count),
+        freeBlocks: [Int](repeating: 0, count: PageGeometry.orderCount),
+        freeBlocksByType: [[Int]](
+          repeating: [Int](repeating: 0, count: PageGeometry.orderCount), count: MigrateType.count),
+        pageblocksByType: [Int](repeating: 0, count: MigrateType.count), pgalloc: 0, pgfree: 0, fallbackAllocs: 0,
+        pageblocksClaimed: 0, batch: 1, highMin: 0, highMax: 0, pagesets: [])
+    }
   }
 
   /// Pageblocks of each migratetype, as `pagetypeinfo_showblockcount_print()` counts them:

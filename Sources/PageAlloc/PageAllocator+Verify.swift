@@ -155,7 +155,6 @@ extension PageAllocator {
       guard nf == nrFree else {
         throw fail(.accounting, "NR_FREE_PAGES of \(z.pointee.kind) is \(nf) but the lists hold \(nrFree)")
       }
-
       for cpu in 0..<cpuCount {
         let pc = pcp(cpu * zoneCount + zi)
         var pages = 0

@@ -38,11 +38,20 @@ public final class PageAllocator: @unchecked Sendable {
   /// highest zone is `kind`, best first; ``Zonelist/end`` ends a shorter list.
   @usableFromInline let zonelists: UnsafeMutablePointer<Int8>
   @usableFromInline let poisoning: Bool
+  /// `is_check_pages_enabled()`: every page of a block is checked on free and on
+  /// allocation (``Configuration/checkPages``, or a debug option that implies it). The one
+  /// switch the free and allocation paths test.
+  @usableFromInline let checksPages: Bool
   @usableFromInline let trapOnBad: Bool
   /// Quick test for the slow free path: poisoning or tracing on.
   @usableFromInline let tracing: Atomic<Bool>
   @usableFromInline let quarantined: Atomic<Int>
   @usableFromInline let hwpoisoned: Atomic<Int>
+  /// UNEVICTABLE_PGCLEARED: pages freed while mlocked.
+  @usableFromInline let mlockCleared: Atomic<Int>
+  /// `vm.min_free_kbytes` the watermarks were set from: the configuration's, or the
+  /// kernel's boot-time value for these zones.
+  public let minFreeKbytes: Int
   let reports: LockedState<ReportLog>
   let traceSinkBox: LockedState<TraceTargets>
   /// Fault injection (fail_page_alloc); nil check is one load.
@@ -50,6 +59,16 @@ public final class PageAllocator: @unchecked Sendable {
   @usableFromInline let faultsEnabled: Atomic<Bool>
   /// PageBlock and PageRun handles alive, counted in debug builds only (PageBlock.swift).
   @usableFromInline let liveHandles: Atomic<Int>
+  /// Any memory-debugging step on (poisoning, page_owner, debug_pagealloc, init_on_alloc,
+  /// init_on_free): the one branch the allocation and free paths test to reach the debug
+  /// hooks (PageAllocator+DebugHooks.swift).
+  @usableFromInline let debugging: Bool
+  /// What the debug hooks do (DebugPageAlloc.swift).
+  let debug: DebugSettings
+  /// Set when debug_pagealloc ran out of mappings and gave up protecting free pages.
+  let protectionLost: Atomic<Bool>
+  /// mprotect calls made by debug_pagealloc (for tests: one per block or run).
+  package let protectionChanges: Atomic<Int>
 
   /// Bytes from one pcp to the next in ``pcpBase``: three 64-byte cache lines, of which a
   /// ``PerCPUPages`` may fill two (``pcpSlotBytes``, checked in init). Different CPUs write
@@ -73,37 +92,26 @@ public final class PageAllocator: @unchecked Sendable {
       throw ConfigurationError.badSectionSize(sp)
     }
     guard (1...1024).contains(c.cpuCount) else { throw ConfigurationError.badCPUCount(c.cpuCount) }
-    var seen = Set<ZoneKind>()
-    for (i, z) in c.zones.enumerated() {
-      guard !z.pfns.isEmpty else { throw ConfigurationError.emptyZone(z.kind) }
-      guard z.pfns.lowerBound.value >= 0 else { throw ConfigurationError.negativePFN(z.pfns.lowerBound) }
-      guard z.pfns.upperBound.value < Int(UInt32.max) - 1 else {
-        throw ConfigurationError.pfnTooLarge(z.pfns.upperBound)
-      }
-      guard seen.insert(z.kind).inserted else { throw ConfigurationError.duplicateZone(z.kind) }
-      if i > 0 {
-        let p = c.zones[i - 1]
-        guard p.kind < z.kind, p.pfns.upperBound <= z.pfns.lowerBound else {
-          throw ConfigurationError.zonesOverlapOrOutOfOrder(p.kind, z.kind)
-        }
-      }
-    }
+    guard !(c.debugPageAlloc && c.backing == .none) else { throw ConfigurationError.debugPageAllocNeedsMemory }
+    try PageAllocator.validateSysctls(c)
+    try PageAllocator.validateZones(c.zones)
     for h in c.holes {
       guard h.lowerBound.value % sp == 0, h.upperBound.value % sp == 0 else {
         throw ConfigurationError.holeNotSectionAligned(h)
       }
     }
+    let spanning = c.zones.filter { !$0.pfns.isEmpty }
+    guard let firstZone = spanning.first, let lastZone = spanning.last else { throw ConfigurationError.noMemory }
     let shift = sp.trailingZeroBitCount
-    let base = c.zones.first!.pfns.lowerBound.value & ~(sp - 1)
-    let end = (c.zones.last!.pfns.upperBound.value + sp - 1) & ~(sp - 1)
-    let zonesCfg = c.zones
+    let base = firstZone.pfns.lowerBound.value & ~(sp - 1)
+    let end = (lastZone.pfns.upperBound.value + sp - 1) & ~(sp - 1)
     let holes = c.holes
     memMap = try MemMap(
       basePFN: base, endPFN: end, sectionShift: shift,
       present: { s in
         let r = PFN(s)..<PFN(s + sp)
         if holes.contains(where: { $0.overlaps(r) }) { return false }
-        return zonesCfg.contains(where: { $0.pfns.overlaps(r) })
+        return spanning.contains(where: { $0.pfns.overlaps(r) })
       })
     do {
       arena = try Arena(backing: c.backing, basePFN: base, endPFN: end)
@@ -115,22 +123,33 @@ public final class PageAllocator: @unchecked Sendable {
     cpuCount = c.cpuCount
     zoneCount = c.zones.count
     poisoning = c.poisonPages && c.backing != .none
+    // mem_debugging_and_hardening_init(): page poisoning, init_on_alloc, init_on_free and
+    // debug_pagealloc turn the checks on as well (page_owner does not).
+    checksPages = c.checkPages || c.poisonPages || c.initOnAlloc || c.initOnFree || c.debugPageAlloc
     trapOnBad = c.trapOnBadPage
     tracing = Atomic(false)
     quarantined = Atomic(0)
     hwpoisoned = Atomic(0)
+    mlockCleared = Atomic(0)
     reports = LockedState(ReportLog())
     traceSinkBox = LockedState(TraceTargets())
     faultState = LockedState(nil)
     faultsEnabled = Atomic(false)
     liveHandles = Atomic(0)
+    protectionLost = Atomic(false)
+    protectionChanges = Atomic(0)
+    debug = DebugSettings(configuration: c, arena: arena, basePFN: base, endPFN: end)
+    debugging = debug.any || poisoning
 
-    zonelists = PageAllocator.makeZonelists(c.zones)
+    let map = memMap
+    let layouts = c.zones.map { ZoneLayout($0, map) }
+    zonelists = PageAllocator.makeZonelists(c.zones, populated: layouts.map { $0.present > 0 })
     zones = PageAllocator.makeZones(c.zones)
     precondition(MemoryLayout<PerCPUPages>.size <= PageAllocator.pcpSlotBytes)
     pcpBase = .allocate(byteCount: PageAllocator.pcpStride * c.cpuCount * c.zones.count, alignment: 64)
-    markReservedPages()
-    freeAllMemory()
+    minFreeKbytes = c.minFreeKbytes ?? PageAllocator.bootMinFreeKbytes(c.zones, layouts)
+    markReservedPages(layouts)
+    freeAllMemory(layouts)
     setupWatermarks()
     setupPageSets()
   }
@@ -147,6 +166,7 @@ public final class PageAllocator: @unchecked Sendable {
     zones.deinitialize(count: zoneCount)
     zones.deallocate()
     zonelists.deallocate()
+    debug.deallocate()
     arena.deallocate()
     memMap.deallocate()
   }
@@ -266,7 +286,8 @@ public final class PageAllocator: @unchecked Sendable {
 
   /// Gives the memory of every page now free in the buddy back to the OS (`MADV_REMOVE` /
   /// hole punching): free pages then read back as zeroes and cost no RAM. Returns the pages
-  /// discarded. The pcp lists are drained first.
+  /// discarded. The pcp lists are drained first. With poisoning, the discarded pages are
+  /// no longer checked on allocation (they hold zeroes, not poison).
   @discardableResult
   public func releaseFreeMemory() -> Int {
     guard arena.base != nil else { return 0 }
@@ -281,6 +302,8 @@ public final class PageAllocator: @unchecked Sendable {
           let r = memMap.presentRecord(Int(p))
           let order = PG.order(r.pointee.flags.load(ordering: .relaxed))
           arena.discard(Int(p), count: 1 << order)
+          // Discarded pages read back as zeroes: they hold no poison to check any more.
+          if let marks = debug.poisoned { (marks + (Int(p) - debug.basePFN)).update(repeating: 0, count: 1 << order) }
           total += 1 << order
           p = r.pointee.next
         }

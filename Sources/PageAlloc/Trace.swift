@@ -10,6 +10,9 @@ public struct TraceEvent: Sendable, Hashable {
     case pageFreeBatched = "mm_page_free_batched"
     case pageAllocZoneLocked = "mm_page_alloc_zone_locked"
     case pagePcpuDrain = "mm_page_pcpu_drain"
+    /// A fallback to another migratetype's free list: a pageblock claimed or a block
+    /// stolen (`__rmqueue_claim()`, `__rmqueue_steal()`).
+    case pageAllocExtfrag = "mm_page_alloc_extfrag"
   }
   public var kind: Kind
   /// nil for a failed allocation (printed as page=0000000000000000 pfn=0x0).
@@ -20,10 +23,18 @@ public struct TraceEvent: Sendable, Hashable {
   public var percpuRefill: Bool
   /// The CPU (pcp set) the event happened on.
   public var cpu: Int
+  /// mm_page_alloc_extfrag: the order of the free block found on the fallback list
+  /// (`order` is the requested order, `migrateType` the requested type).
+  public var fallbackOrder: Int
+  /// mm_page_alloc_extfrag: the migratetype of the fallback list.
+  public var fallbackMigrateType: Int
+  /// mm_page_alloc_extfrag: whether the page's pageblock has the requested type once the
+  /// fallback is done (true after a claim, false after a steal).
+  public var changeOwnership: Bool
 
   public init(
     kind: Kind, pfn: PFN?, order: Int, migrateType: Int = 0, gfp: GFP = [], percpuRefill: Bool = false,
-    cpu: Int = 0
+    cpu: Int = 0, fallbackOrder: Int = 0, fallbackMigrateType: Int = 0, changeOwnership: Bool = false
   ) {
     self.kind = kind
     self.pfn = pfn
@@ -32,6 +43,9 @@ public struct TraceEvent: Sendable, Hashable {
     self.gfp = gfp
     self.percpuRefill = percpuRefill
     self.cpu = cpu
+    self.fallbackOrder = fallbackOrder
+    self.fallbackMigrateType = fallbackMigrateType
+    self.changeOwnership = changeOwnership
   }
 
   /// The `page=%p` value: a stable stand-in for the kernel's hashed struct page pointer.
@@ -59,6 +73,11 @@ public struct TraceEvent: Sendable, Hashable {
       return "\(head) order=\(order) migratetype=\(migrateType) percpu_refill=\(percpuRefill ? 1 : 0)"
     case .pagePcpuDrain:
       return "\(head) order=\(order) migratetype=\(migrateType)"
+    case .pageAllocExtfrag:
+      // fragmenting is computed at print time from the two orders, as the kernel's
+      // TP_printk does; pageblock_order is printed as the constant it is.
+      return
+        "\(head) alloc_order=\(order) fallback_order=\(fallbackOrder) pageblock_order=\(PageGeometry.pageblockOrder) alloc_migratetype=\(migrateType) fallback_migratetype=\(fallbackMigrateType) fragmenting=\(fallbackOrder < PageGeometry.pageblockOrder ? 1 : 0) change_ownership=\(changeOwnership ? 1 : 0)"
     }
   }
 
@@ -145,10 +164,31 @@ extension PageAllocator {
     }
   }
 
+  /// mm_page_alloc_extfrag for the block `pfn` a fallback returns; change_ownership reads
+  /// the pageblock's type now, as the kernel's TP_fast_assign does.
+  @inlinable @inline(__always)
+  func traceExtfrag(_ pfn: Int, _ order: Int, _ fallbackOrder: Int, _ startMt: Int, _ fallbackMt: Int) {
+    if _slowPath(tracing.load(ordering: .relaxed)) {
+      emit(
+        TraceEvent(
+          kind: .pageAllocExtfrag, pfn: PFN(pfn), order: order, migrateType: startMt, cpu: -1,
+          fallbackOrder: fallbackOrder, fallbackMigrateType: fallbackMt,
+          changeOwnership: memMap.freeListTypeRaw(pfn) == startMt))
+    }
+  }
+
   @inlinable @inline(__always)
   func tracePageFree(_ pfn: Int, _ order: Int) {
     if _slowPath(tracing.load(ordering: .relaxed)) {
       emit(TraceEvent(kind: .pageFree, pfn: PFN(pfn), order: order, cpu: -1))
+    }
+  }
+
+  /// mm_page_free_batched: the event has no order field (TP_printk prints `order=0`).
+  @inlinable @inline(__always)
+  func traceFreeBatched(_ pfn: Int) {
+    if _slowPath(tracing.load(ordering: .relaxed)) {
+      emit(TraceEvent(kind: .pageFreeBatched, pfn: PFN(pfn), order: 0, cpu: -1))
     }
   }
 

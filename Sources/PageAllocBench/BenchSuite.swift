@@ -100,9 +100,11 @@ public enum BenchRegistry {
     .floor,
     .frozenRange,
     .order0,
+    .thp,
     .bulk,
     .cma,
     .traceOverhead,
+    .debug,
     .vmalloc,
   ]
 

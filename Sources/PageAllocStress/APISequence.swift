@@ -171,12 +171,21 @@ package struct APISequence {
   /// the checks care about. A DMA zone ending at pfn 1000, inside the pageblock 512..<1024
   /// it shares with the Normal zone; a Normal zone up to 4096 with a one-section memmap
   /// hole at 2048..<3072 between its two parts; 1024-page sections (the smallest); two
-  /// CPUs; no memory behind the pages. 3072 pages present.
+  /// CPUs; no memory behind the pages; every page of a block checked (`checkPages`). 3072
+  /// pages present.
   package static let fuzzConfiguration = PageAllocator.Configuration(
     zones: [
       ZoneConfiguration(kind: .dma, pfns: PFN(0)..<PFN(1000)),
       ZoneConfiguration(kind: .normal, pfns: PFN(1000)..<PFN(4096)),
-    ], cpuCount: 2, backing: .none, sectionPages: 1024, holes: [PFN(2048)..<PFN(3072)])
+    ], cpuCount: 2, backing: .none, sectionPages: 1024, holes: [PFN(2048)..<PFN(3072)], checkPages: true)
+
+  /// ``fuzzConfiguration`` without `checkPages`: the setting in which a free of a
+  /// non-compound block reads its head only, whose bad frees must be contained as well.
+  package static var fuzzConfigurationWithoutPageChecks: PageAllocator.Configuration {
+    var c = fuzzConfiguration
+    c.checkPages = false
+    return c
+  }
 
   package let allocator: PageAllocator
   package private(set) var held = HeldSet()

@@ -32,6 +32,10 @@ public struct StressConfiguration: Sendable {
   public var backing: Backing?
   /// Workloads from other modules (the vmalloc hook).
   public var extensions: [any StressExtension]
+  /// Runs with page_owner on: the summary then has the page_owner_sort summary of the
+  /// pages held when the workers stopped, and the leak report after they gave everything
+  /// back.
+  public var pageOwner: Bool = false
 
   public init(
     threads: Int = 1, seconds: Double? = nil, operations: Int? = nil, seed: UInt64 = 1,
@@ -50,7 +54,8 @@ public struct StressConfiguration: Sendable {
     self.backing = backing
   }
 
-  /// The allocator configuration the engine builds.
+  /// The allocator configuration the engine builds: with every page of a block checked on
+  /// free and allocation (`checkPages`), as the kernel's debug configurations do.
   public var allocatorConfiguration: PageAllocator.Configuration {
     let hole = (pages / 2) & ~4095
     return PageAllocator.Configuration(
@@ -59,7 +64,7 @@ public struct StressConfiguration: Sendable {
         ZoneConfiguration(kind: .normal, pfns: PFN(4096)..<PFN(pages)),
       ], cpuCount: max(threads, 2),
       backing: backing ?? extensions.lazy.compactMap(\.requiredBacking).first ?? .none, sectionPages: 4096,
-      holes: pages >= 16384 ? [PFN(hole)..<PFN(hole + 4096)] : [])
+      holes: pages >= 16384 ? [PFN(hole)..<PFN(hole + 4096)] : [], pageOwner: pageOwner, checkPages: true)
   }
 }
 
@@ -97,6 +102,11 @@ public struct StressSummary: Sendable, CustomStringConvertible {
   public var verifyError: String?
   /// What each extension reported (its failures fail the run).
   public var extensionReports: [StressExtensionReport] = []
+  /// With page_owner: `page_owner_sort --cull=stacktrace` of the pages held when the
+  /// workers stopped, and the leak report after they gave everything back (quarantined
+  /// pages stay held, as the kernel leaks them).
+  public var pageOwnerSummary: String?
+  public var leakReport: LeakReport?
 
   public var opsPerSecond: Double {
     elapsedNanoseconds > 0 ? Double(operations) * 1e9 / Double(elapsedNanoseconds) : 0
@@ -461,6 +471,7 @@ public enum StressEngine {
     }
     for b in a.freeBlocks() { mix(b.pfn.value); mix(b.order) }
     for b in a.pcpBlocks() { mix(b.pfn.value); mix(~b.order) }
+    let ownerSummary = a.isPageOwnerEnabled ? a.pageOwnerSummary() : nil
     let injected = a.faultInjection?.injected ?? 0
     a.setFaultInjection(nil)
     var summary = StressSummary(
@@ -470,6 +481,7 @@ public enum StressEngine {
       quarantinedPages: 0,
       pagesLeaked: 0, stateChecksum: hash, verifyError: nil)
     summary.failuresInjected = injected
+    summary.pageOwnerSummary = ownerSummary
     for t in 0..<n {
       guard let w = workers[t] else { continue }
       summary.operations += w.ops
@@ -500,6 +512,7 @@ public enum StressEngine {
     summary.unexpectedBadPages = summary.badPages - summary.badFreeReports
     summary.quarantinedPages = a.quarantinedPageCount
     summary.pagesLeaked = a.managedPageCount - a.freePageCount - a.quarantinedPageCount
+    if a.isPageOwnerEnabled { summary.leakReport = a.leakReport() }
     return summary
   }
 }

@@ -1,5 +1,6 @@
 import PageAlloc
 import _PageAllocUtilities
+import CPageAllocShim
 import Glibc
 import Synchronization
 
@@ -112,6 +113,11 @@ public final class VMalloc: @unchecked Sendable {
   let nrVmallocPages = Atomic<Int>(0)
   let failures = Atomic<Int>(0)
   let badCalls = Atomic<Int>(0)
+  /// With debug_pagealloc: one plus the pfn last mapped at each window page, so the fault
+  /// handler can name the page behind a stale vmalloc address (nil otherwise).
+  let lastMapped: UnsafeMutablePointer<UInt32>?
+  /// The window's region in the fault handler (-1: none).
+  let faultRegion: Int32
 
   /// Creates a vmalloc over `allocator`, which must be backed by a memfd.
   public init(allocator: PageAllocator, configuration: Configuration = Configuration()) throws(VMallocError) {
@@ -128,6 +134,23 @@ public final class VMalloc: @unchecked Sendable {
     windowPages = w.pageCount
     mapLimit = configuration.mapLimit ?? Int.max
     state = LockedState(State(window: w))
+    // debug_pagealloc protects the arena's mapping of a free page; this window is a second
+    // mapping, which vfree unmaps before the pages go back. A fault here is reported with
+    // the page last mapped at that address.
+    if allocator.debugFaultRegion >= 0,
+      let m = mmap(
+        nil, w.pageCount * 4, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+      m != MAP_FAILED
+    {
+      let map = m.bindMemory(to: UInt32.self, capacity: w.pageCount)
+      lastMapped = map
+      let start = UInt(bitPattern: w.base)
+      faultRegion = cpa_fault_register_alias(
+        start, start + UInt(w.pageCount * PageGeometry.pageSize), map, allocator.debugFaultRegion)
+    } else {
+      lastMapped = nil
+      faultRegion = -1
+    }
   }
 
   deinit {
@@ -135,7 +158,9 @@ public final class VMalloc: @unchecked Sendable {
     // the caller made, as in the kernel).
     let charged = state.withLock { $0.charged }
     MapCountBudget.uncharge(charged)
+    if faultRegion >= 0 { cpa_fault_unregister(faultRegion) }
     state.withLock { $0.window.release() }
+    if let lastMapped { munmap(lastMapped, windowPages * 4) }
   }
 
   // MARK: - Public views
@@ -233,6 +258,9 @@ public final class VMalloc: @unchecked Sendable {
   func mapPages(_ pages: [PFN], at start: Int) -> Bool {
     let base = windowBase + start &* PageGeometry.pageSize
     let populate = configuration.prefault
+    if let lastMapped {
+      for (i, p) in pages.enumerated() { lastMapped[start &+ i] = UInt32(truncatingIfNeeded: p.value &+ 1) }
+    }
     var ok = true
     pages.withUnsafeBufferPointer { buf in
       let n = buf.count

@@ -3,8 +3,8 @@
 //
 // Only what PageAlloc really keeps is printed: /proc/vmstat lists the counters we count
 // (free pages, PGALLOC per zone, PGFREE), not the hundred the kernel has; /proc/zoneinfo
-// prints the zone header, watermarks, geometry, protection, the free-page zone stats and
-// the pagesets, without the per-node and NUMA stats. See the article in
+// prints every zone kind's header, watermarks, geometry and protection, and for populated
+// zones the free-page zone stats and the pagesets, without the per-node and NUMA stats. See the article in
 // PageAllocViews.docc/ProcViewsAndFragmentationMap.md.
 
 import PageAlloc
@@ -57,17 +57,22 @@ extension PageAllocator {
     return out
   }
 
-  /// `/proc/zoneinfo`, the parts PageAlloc models: per zone the header, `pages free`,
-  /// `boost` (always 0: no watermark boosting), the min/low/high/promo watermarks,
-  /// spanned/present/managed, `cma` (pages in CMA pageblocks), `protection`
-  /// (lowmem_reserve for DMA, DMA32, Normal, Movable), the zone stats we keep
-  /// (nr_free_pages, nr_free_pages_blocks, nr_free_cma), the pagesets (count, high, batch,
-  /// high_min, high_max; `vm stats threshold: 0` because our counters are exact, never
-  /// batched per CPU), then node_unreclaimable (0: no reclaim), start_pfn,
-  /// reserved_highatomic and free_highatomic. The per-node and NUMA stats are left out.
+  /// `/proc/zoneinfo`, the parts PageAlloc models, for every zone of the node
+  /// (`nodeZoneStatistics()`: kinds not configured are printed as
+  /// the kernel prints an empty zone).
+  ///
+  /// Per zone: the header, `pages free`, `boost` (always 0: no watermark boosting), the
+  /// min/low/high/promo watermarks, spanned/present/managed, `cma` (pages in CMA
+  /// pageblocks), `protection` (lowmem_reserve for DMA, DMA32, Normal, Movable, Device). An
+  /// unpopulated zone stops there, as in the kernel. A populated one goes on with the zone
+  /// stats we keep (nr_free_pages, nr_free_pages_blocks, nr_free_cma), the pagesets (count,
+  /// high, batch, high_min, high_max, and the `vm stats threshold` the kernel computes for
+  /// the zone, ``statThreshold(managed:cpus:)``), then node_unreclaimable (0: no reclaim),
+  /// start_pfn, reserved_highatomic and free_highatomic (the 2026 tree's last two lines;
+  /// 6.18 stops after start_pfn). The per-node and NUMA stats are left out.
   public func zoneInfo() -> String {
     var out = ""
-    for s in zoneStatistics() {
+    for s in nodeZoneStatistics() {
       let pb = s.pageblocksByType
       out += "Node 0, zone " + pad(s.kind.description, 8)
       out += "\n  pages free     \(s.nrFreePages)"
@@ -89,6 +94,7 @@ extension PageAllocator {
         out += "\n      " + padRight(name, 12) + " \(value)"
       }
       out += "\n  pagesets"
+      let threshold = PageAllocator.statThreshold(managed: s.managed, cpus: s.pagesets.count)
       for (cpu, p) in s.pagesets.enumerated() {
         out += "\n    cpu: \(cpu)"
         out += "\n              count:    \(p.count)"
@@ -96,7 +102,7 @@ extension PageAllocator {
         out += "\n              batch:    \(p.batch)"
         out += "\n              high_min: \(p.highMin)"
         out += "\n              high_max: \(p.highMax)"
-        out += "\n  vm stats threshold: 0"
+        out += "\n  vm stats threshold: \(threshold)"
       }
       let freeHighAtomic = (0...PageGeometry.maxOrder).reduce(0) {
         $0 + (s.freeBlocksByType[MigrateType.highAtomic.rawValue][$1] << $1)
@@ -110,12 +116,23 @@ extension PageAllocator {
     return out
   }
 
+  /// `calculate_normal_threshold()`: how far a CPU's count of a zone stat may drift before
+  /// it is folded into the zone's, what /proc/zoneinfo prints as `vm stats threshold`:
+  /// 2 * fls(CPUs) * (1 + fls(managed in 128 MiB units)), at most 125. (PageAlloc's own
+  /// counters are exact; the number is printed as the kernel would print it.)
+  public static func statThreshold(managed: Int, cpus: Int) -> Int {
+    func fls(_ x: Int) -> Int { x <= 0 ? 0 : Int.bitWidth - x.leadingZeroBitCount }
+    let mem = managed >> (27 - PageGeometry.pageShift)
+    return min(125, 2 * fls(cpus) * (1 + fls(mem)))
+  }
+
   /// `/proc/vmstat`, the counters PageAlloc keeps, in the kernel's order and format
   /// (`name value` per line): the zone stats nr_free_pages, nr_free_pages_blocks and
   /// nr_free_cma summed over zones, the events pgalloc_dma, pgalloc_dma32, pgalloc_normal,
-  /// pgalloc_movable (pages, counted once per allocation on the pcp and buddy paths) and
-  /// pgfree (pages, counted once when freed to a pcp list or the buddy, not again when a
-  /// pcp drains), and the legacy `nr_unstable 0` the kernel always prints last.
+  /// pgalloc_movable, pgalloc_device (pages, counted once per allocation on the pcp and
+  /// buddy paths), pgfree (pages, counted once when freed to a pcp list or the buddy, not
+  /// again when a pcp drains) and unevictable_pgs_cleared (pages freed while mlocked), and
+  /// the legacy `nr_unstable 0` the kernel always prints last.
   public func vmstat() -> String {
     let stats = zoneStatistics()
     var free = 0
@@ -136,6 +153,7 @@ extension PageAllocator {
     out += "nr_free_cma \(cma)\n"
     for k in ZoneKind.allCases { out += "pgalloc_\(k.description.lowercased()) \(pgalloc[k.rawValue])\n" }
     out += "pgfree \(pgfree)\n"
+    out += "unevictable_pgs_cleared \(mlockedPagesCleared)\n"
     out += "nr_unstable 0\n"
     return out
   }

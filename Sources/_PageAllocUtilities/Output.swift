@@ -43,3 +43,30 @@ package func writeTextFile(_ text: String, to path: String) throws(FileWriteErro
   }
   if !ok { throw FileWriteError(path: path, reason: String(cString: strerror(errno))) }
 }
+
+/// A file that could not be read: the path and the reason, as one line.
+package struct FileReadError: Error, CustomStringConvertible {
+  package var path: String
+  package var reason: String
+  package var description: String { "\(path): \(reason)" }
+}
+
+/// The whole text of `path`, read until end of file (so /proc files, whose size reads as
+/// 0, come whole too).
+package func readTextFile(_ path: String) throws(FileReadError) -> String {
+  let fd = open(path, O_RDONLY | O_CLOEXEC)
+  guard fd >= 0 else { throw FileReadError(path: path, reason: String(cString: strerror(errno))) }
+  defer { close(fd) }
+  var bytes: [UInt8] = []
+  var chunk = [UInt8](repeating: 0, count: 1 << 16)
+  while true {
+    let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+    if n < 0 {
+      if errno == EINTR { continue }
+      throw FileReadError(path: path, reason: String(cString: strerror(errno)))
+    }
+    if n == 0 { break }
+    bytes += chunk[0..<n]
+  }
+  return String(decoding: bytes, as: UTF8.self)
+}

@@ -152,6 +152,7 @@ struct Bench: ParsableCommand {
     check("order0 ns per alloc+free pair", o0?.nsPerIteration, { $0 <= 25 }, "goal <= 25 ns, 1 thread", " ns")
     check("order0 handle / PFN API", ratios["order0.handle_over_pfn"], { $0 <= 1.05 }, "goal <= 1.05", "")
     check("high-order handle / contig", ratios["high-order.handle_over_contig"], { $0 <= 1.05 }, "goal <= 1.05", "")
+    check("thp order-9 pair / order-0 pair", ratios["thp.pair_over_order0"], { $0 <= 1.5 }, "goal <= 1.5", "")
     if !lines.isEmpty { print("\ntargets\n" + lines.joined(separator: "\n")) }
   }
 

@@ -38,6 +38,12 @@ struct Stress: ParsableCommand {
   var vmalloc = true
   @Option(name: .customLong("vmalloc-weight"), help: "Weight of vmalloc operations against the engine's 100.")
   var vmallocWeight = 1
+  @Flag(
+    name: .customLong("page-owner"),
+    help:
+      "Run with page_owner on; print the page_owner_sort summary of the pages held when the run stopped, and the leak report after cleanup."
+  )
+  var pageOwner = false
 
   func validate() throws {
     guard (1...256).contains(threads) else { throw ValidationError("--threads \(threads): must be 1...256") }
@@ -57,11 +63,20 @@ struct Stress: ParsableCommand {
   }
 
   func run() throws {
-    let config = StressConfiguration(
+    var config = StressConfiguration(
       threads: threads, seconds: seconds ?? (ops == nil ? 5 : nil), operations: ops, seed: seed,
       badFreeRate: badFree, faultPercent: faultPercent, verifyEvery: verifyEvery, pages: pages,
       extensions: stressExtensions(vmalloc: vmalloc, vmallocWeight: vmallocWeight))
+    config.pageOwner = pageOwner
     let summary = try StressEngine.run(config)
+    if let s = summary.pageOwnerSummary {
+      print("page_owner: the pages held when the run stopped, by allocation stack (page_owner_sort --cull=stacktrace)")
+      print(s.isEmpty ? "(none)\n" : s, terminator: "")
+    }
+    if let leaks = summary.leakReport {
+      print("page_owner: pages still held after every worker gave its pages back (quarantined pages included)")
+      print(leaks, terminator: "")
+    }
     print(summary)
     if !summary.passed { throw ExitCode(1) }
   }

@@ -52,6 +52,41 @@ import PageAllocTestSupport
     #expect(try variants("frozen-range") == ["per-page", "contig"])
     #expect(try variants("order0") == ["pcp", "pcp-threads-2", "bypass", "bypass-threads-2", "handle"])
     #expect(try variants("bulk") == ["per-page", "bulk"])
+    #expect(try variants("thp") == ["order0", "pair", "compound", "pair-checked", "compound-checked"])
+    #expect(
+      try variants("debug") == [
+        "order0 off", "order0 page_owner", "order0 debug_pagealloc", "contig off", "contig page_owner",
+        "contig debug_pagealloc",
+      ])
+  }
+
+  /// The debug suite's ratios: page_owner and debug_pagealloc over off, per loop.
+  @Test func debugSuiteRatios() throws {
+    let results = try BenchSuite.debug.run(Self.tiny)
+    let ratios = Dictionary(uniqueKeysWithValues: BenchSuite.debug.ratios(results))
+    #expect(
+      Set(ratios.keys) == [
+        "debug.order0.page_owner_over_off", "debug.order0.debug_pagealloc_over_off",
+        "debug.contig.page_owner_over_off", "debug.contig.debug_pagealloc_over_off",
+      ])
+    for (_, v) in ratios { #expect(v > 0 && v.isFinite) }
+  }
+
+  /// The thp suite: order-9 pairs in each setting next to the order-0 pair, and its ratios.
+  @Test func thpSuite() throws {
+    let rs = try BenchSuite.thp.run(Self.tiny)
+    let byVariant = Dictionary(uniqueKeysWithValues: rs.map { ($0.variant, $0) })
+    #expect(byVariant["order0"]?.order == 0 && byVariant["order0"]?.pagesPerIteration == 1)
+    for v in ["pair", "compound", "pair-checked", "compound-checked"] {
+      #expect(byVariant[v]?.order == 9 && byVariant[v]?.pagesPerIteration == 512, "\(v)")
+    }
+    #expect(byVariant["pair-checked"]?.extra["check_pages"] == 1)
+    #expect(byVariant["pair"]?.extra["check_pages"] == 0)
+    #expect(byVariant["compound"]?.extra["compound"] == 1)
+    let ratios = Dictionary(uniqueKeysWithValues: BenchSuite.thp.ratios(rs))
+    for k in ["thp.ns_per_pair", "thp.pair_over_order0", "thp.compound_over_pair", "thp.checked_over_pair"] {
+      #expect(ratios[k].map { $0.isFinite && $0 > 0 } == true, "\(k)")
+    }
   }
 
   @Test("high-order runs every order 0...10", arguments: [0, 1, 3, 4, 10])
@@ -102,7 +137,7 @@ import PageAllocTestSupport
     let ratios = try #require(root["ratios"] as? [String: Any])
     for k in [
       "high-order.speedup", "high-order.contig_over_floor", "frozen-range.speedup", "high-order.handle_over_contig",
-      "order0.handle_over_pfn",
+      "order0.handle_over_pfn", "thp.pair_over_order0", "thp.compound_over_pair",
     ] {
       #expect(ratios[k] is Double || ratios[k] is Int, "ratios.\(k)")
     }
@@ -177,7 +212,10 @@ import PageAllocTestSupport
   @Test func registryNamesAreUnique() {
     let names = BenchRegistry.suites.map(\.name)
     #expect(Set(names).count == names.count)
-    #expect(names == ["high-order", "floor", "frozen-range", "order0", "bulk", "cma", "trace-overhead", "vmalloc"])
+    #expect(
+      names == [
+        "high-order", "floor", "frozen-range", "order0", "thp", "bulk", "cma", "trace-overhead", "debug", "vmalloc",
+      ])
     #expect(BenchRegistry.suite(named: "nope") == nil)
   }
 }

@@ -10,21 +10,25 @@ import _PageAllocUtilities
 /// workload in a test as in the tools.
 package typealias TestRNG = SeededRandom
 
+/// The tests' allocator: one Normal zone; every page of a block checked on free and
+/// allocation (`checkPages`) unless a test asks for the kernel's default.
 package func makeAllocator(
   pages: Int = 1 << 16, cpus: Int = 1, section: Int = 1 << 15, backing: Backing = .none,
-  holes: [Range<PFN>] = [], poison: Bool = false
+  holes: [Range<PFN>] = [], poison: Bool = false, checkPages: Bool = true
 ) throws -> PageAllocator {
   try PageAllocator(
     configuration: .init(
       zones: [ZoneConfiguration(kind: .normal, pfns: PFN(0)..<PFN(pages))], cpuCount: cpus,
-      backing: backing, sectionPages: section, holes: holes, poisonPages: poison))
+      backing: backing, sectionPages: section, holes: holes, poisonPages: poison, checkPages: checkPages))
 }
 
 /// A memfd-backed allocator (one Normal zone, two CPUs) and a vmalloc over it.
 package func makeVMalloc(
   pages: Int = 1 << 14, vmalloc config: VMalloc.Configuration = .init()
 ) throws -> (PageAllocator, VMalloc) {
-  let a = try PageAllocator(configuration: .normal(pages: pages, cpuCount: 2, backing: .memfd))
+  var c = PageAllocator.Configuration.normal(pages: pages, cpuCount: 2, backing: .memfd)
+  c.checkPages = true
+  let a = try PageAllocator(configuration: c)
   let v = try VMalloc(allocator: a, configuration: config)
   return (a, v)
 }
@@ -40,14 +44,15 @@ package func makeTracedAllocator(pages: Int = 1 << 16, cpus: Int = 1) throws -> 
 /// The allocator the API-sequence fuzzer ran on when it found the regressions of
 /// HostileInputTests (its pool is smaller now): a DMA zone ending at pfn 1000 inside a
 /// pageblock shared with Normal, a Normal zone up to 8192 with a memmap hole at
-/// 4096..<5120, 1024-page sections, two CPUs.
-package func makeFuzzAllocator() throws -> PageAllocator {
+/// 4096..<5120, 1024-page sections, two CPUs; every page of a block checked, or with
+/// `checkPages: false` the kernel's default setting.
+package func makeFuzzAllocator(checkPages: Bool = true) throws -> PageAllocator {
   try PageAllocator(
     configuration: .init(
       zones: [
         ZoneConfiguration(kind: .dma, pfns: PFN(0)..<PFN(1000)),
         ZoneConfiguration(kind: .normal, pfns: PFN(1000)..<PFN(8192)),
-      ], cpuCount: 2, backing: .none, sectionPages: 1024, holes: [PFN(4096)..<PFN(5120)]))
+      ], cpuCount: 2, backing: .none, sectionPages: 1024, holes: [PFN(4096)..<PFN(5120)], checkPages: checkPages))
 }
 
 /// Allocates order-10 blocks until every page of `range` is allocated, splits them, and

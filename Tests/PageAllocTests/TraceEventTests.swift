@@ -160,17 +160,21 @@ import PageAllocTestSupport
   }
 
   /// A block stolen from a fallback type does not go through __rmqueue_smallest: no
-  /// mm_page_alloc_zone_locked (the kernel traces mm_page_alloc_extfrag there).
+  /// mm_page_alloc_zone_locked, only mm_page_alloc_extfrag (one per block the refill
+  /// stole, fragmenting, without change of ownership), then the allocation.
   @Test func aStolenBlockIsNotTracedAsZoneLocked() throws {
     var types = [Int: MigrateType]()
     for pb in 0..<16 { types[pb] = .unmovable }
-    let a = try FallbackTests().shaped(types, free: (0..<8).map { ($0 * 512)..<($0 * 512 + 200) })
+    let a = try MigratetypeFallbackTests().shaped(types, free: (0..<8).map { ($0 * 512)..<($0 * 512 + 200) })
     let t = TraceBuffer()
     a.setTraceSink(t)
     let before = a.zoneStatistics()[0].fallbackAllocs
     let p = try #require(a.allocPages(order: 0, gfp: .highUserMovable))
     #expect(a.zoneStatistics()[0].fallbackAllocs > before)
-    #expect(t.snapshot.map(\.kind) == [.pageAlloc])
+    let kinds = t.snapshot.map(\.kind)
+    #expect(!kinds.contains(.pageAllocZoneLocked))
+    #expect(kinds.last == .pageAlloc && kinds.dropLast().allSatisfy { $0 == .pageAllocExtfrag } && kinds.count > 1)
     #expect(t.snapshot.last?.pfn == p)
+    #expect(t.snapshot.dropLast().allSatisfy { $0.formatted.hasSuffix("fragmenting=1 change_ownership=0") })
   }
 }

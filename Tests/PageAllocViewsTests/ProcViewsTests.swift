@@ -83,9 +83,37 @@ import PageAllocTestSupport
     try a.verify()
   }
 
+  /// Every zone kind of the node, as the kernel prints them: the kinds not configured as
+  /// empty zones (their watermarks by the kernel's formula: 32 for Movable, 0 otherwise;
+  /// nothing after protection), the Normal zone whole, its untouched pcps at high 0 and
+  /// the vm stats threshold calculate_normal_threshold() gives 2 CPUs and 256 MiB.
   @Test func zoneInfo() throws {
     let (a, _) = try allocatorWithOneOrder4()
     let expected = """
+      Node 0, zone      DMA
+        pages free     0
+              boost    0
+              min      0
+              low      0
+              high     0
+              promo    0
+              spanned  0
+              present  0
+              managed  0
+              cma      0
+              protection: (0, 0, 0, 0, 0)
+      Node 0, zone    DMA32
+        pages free     0
+              boost    0
+              min      0
+              low      0
+              high     0
+              promo    0
+              spanned  0
+              present  0
+              managed  0
+              cma      0
+              protection: (0, 0, 0, 0, 0)
       Node 0, zone   Normal
         pages free     65520
               boost    0
@@ -97,29 +125,53 @@ import PageAllocTestSupport
               present  65536
               managed  65536
               cma      0
-              protection: (0, 0, 0, 0)
+              protection: (0, 0, 0, 0, 0)
             nr_free_pages 65520
             nr_free_pages_blocks 65024
             nr_free_cma  0
         pagesets
           cpu: 0
                     count:    0
-                    high:     320
+                    high:     0
                     batch:    15
                     high_min: 320
                     high_max: 4096
-        vm stats threshold: 0
+        vm stats threshold: 12
           cpu: 1
                     count:    0
-                    high:     320
+                    high:     0
                     batch:    15
                     high_min: 320
                     high_max: 4096
-        vm stats threshold: 0
+        vm stats threshold: 12
         node_unreclaimable:  0
         start_pfn:           0
         reserved_highatomic: 0
         free_highatomic:     0
+      Node 0, zone  Movable
+        pages free     0
+              boost    0
+              min      32
+              low      32
+              high     32
+              promo    32
+              spanned  0
+              present  0
+              managed  0
+              cma      0
+              protection: (0, 0, 0, 0, 0)
+      Node 0, zone   Device
+        pages free     0
+              boost    0
+              min      0
+              low      0
+              high     0
+              promo    0
+              spanned  0
+              present  0
+              managed  0
+              cma      0
+              protection: (0, 0, 0, 0, 0)
 
       """
     #expect(a.zoneInfo() == expected)
@@ -136,7 +188,9 @@ import PageAllocTestSupport
       pgalloc_dma32 0
       pgalloc_normal 16
       pgalloc_movable 0
+      pgalloc_device 0
       pgfree 16
+      unevictable_pgs_cleared 0
       nr_unstable 0
 
       """

@@ -64,4 +64,7 @@ int cpa_thread_cpu_override(void);
 /// The current thread's errno.
 int cpa_errno(void);
 
+// The memory-debugging half: stack depot, tasks, page_owner records, the fault handler.
+#include "CPageAllocShimDebug.h"
+
 #endif

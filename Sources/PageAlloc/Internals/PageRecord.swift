@@ -42,10 +42,17 @@ enum PG {
   @usableFromInline static let active: UInt32 = 1 << 11
   @usableFromInline static let unevictable: UInt32 = 1 << 12
   @usableFromInline static let mlocked: UInt32 = 1 << 13
+  /// Ours, with no kernel counterpart: set on the head of an allocated block (compound or
+  /// not) when one of its tail pages is changed on its own (flags set on it, freed,
+  /// quarantined) while the block is allocated. Without it each tail is in the state the
+  /// allocation left it in, which is what lets the block's free skip reading the tails
+  /// (PageAllocator+TailState.swift).
+  @usableFromInline static let tailsTouched: UInt32 = 1 << 14
 
-  /// PAGE_FLAGS_CHECK_AT_FREE (the subset we model).
+  /// PAGE_FLAGS_CHECK_AT_FREE (the subset we model). PG_mlocked is not in it: the free
+  /// path clears it and frees the page (`__free_pages_prepare()`).
   @usableFromInline static let checkAtFree: UInt32 =
-    reserved | locked | lru | private_ | writeback | active | unevictable | mlocked
+    reserved | locked | lru | private_ | writeback | active | unevictable
   /// Flags that mean "this page is free already".
   @usableFromInline static let freeMask: UInt32 = buddy | pcp
   /// Everything a page about to be freed as order 0 must not carry, besides hwpoison.

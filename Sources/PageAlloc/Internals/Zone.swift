@@ -18,6 +18,10 @@ struct FreeList {
 struct Zone: ~Copyable {
   @usableFromInline let lock: SpinLock
   @usableFromInline let nrFreePages: Atomic<Int>
+  /// ZONE_BELOW_HIGH: set by an allocation whose high-watermark check failed here, cleared
+  /// by a pcp free that drained while the zone was above high again. Read and written
+  /// without the zone lock, as the kernel's `zone->flags` bit.
+  @usableFromInline let belowHigh: Atomic<Bool>
   @usableFromInline let index: Int
   @usableFromInline let kind: ZoneKind
   /// zone_start_pfn and zone_end_pfn.
@@ -47,6 +51,31 @@ struct Zone: ~Copyable {
   @usableFromInline var pageblocksClaimed: Int
 }
 
+/// The `alloc_flags` bits the zonelist walk hands down to `rmqueue()` and the fallbacks.
+@usableFromInline
+struct AllocFlags: OptionSet, Sendable {
+  @usableFromInline var rawValue: UInt8
+  @inlinable init(rawValue: UInt8) { self.rawValue = rawValue }
+  /// ALLOC_NOFRAGMENT: fall back only by claiming whole pageblocks, never by stealing.
+  /// The first pass of a request whose preferred zone is ZONE_NORMAL carries it.
+  @usableFromInline static let noFragment = AllocFlags(rawValue: 1 << 0)
+  /// ALLOC_HIGHATOMIC: a high-order request that may not block and may use reserves, in
+  /// the slow path. It never refills a pcp list and tries the HighAtomic lists first.
+  @usableFromInline static let highAtomic = AllocFlags(rawValue: 1 << 1)
+  /// ALLOC_NON_BLOCK: the request may not block; `rmqueue_buddy()` tries the HighAtomic
+  /// lists when everything else failed.
+  @usableFromInline static let nonBlock = AllocFlags(rawValue: 1 << 2)
+}
+
+/// `enum rmqueue_mode`: where `__rmqueue()` found blocks last, kept for one refill or one
+/// `rmqueue_buddy()`: once a refill had to steal, the rest of it steals straight away. (The
+/// kernel's RMQUEUE_CLAIM is never stored, and RMQUEUE_CMA is not needed: no pageblock is
+/// ever CMA.)
+@usableFromInline
+enum RmqueueMode {
+  case normal, steal
+}
+
 /// The shape of a zone's free lists: the kernel's `free_area[NR_PAGE_ORDERS]`, each with its
 /// `free_list[MIGRATE_TYPES]`, kept as one array.
 @usableFromInline
@@ -74,10 +103,11 @@ struct PerCPUPages: ~Copyable {
   @usableFromInline var batch: Int
   @usableFromInline var freeCount: Int
   @usableFromInline var allocFactor: Int
-  /// PCPF_PREV_FREE_HIGH_ORDER
+  /// PCPF_PREV_FREE_HIGH_ORDER: the last free was of order 1...PAGE_ALLOC_COSTLY_ORDER.
   @usableFromInline var prevFreeHighOrder: Bool
-  /// Round-robin cursor of free_pcppages_bulk.
-  @usableFromInline var drainCursor: Int
+  /// PCPF_FREE_HIGH_BATCH: the CPU's cache slice holds more than three batches, so a burst
+  /// of high-order frees keeps a batch cached (``PageAllocator/Configuration/pcpFreeHighBatch``).
+  @usableFromInline var freeHighBatch: Bool
   @usableFromInline var pgalloc: Int
   @usableFromInline var pgfree: Int
   @usableFromInline var refills: Int
@@ -101,6 +131,15 @@ enum PCPList {
 
 /// CONFIG_PCP_BATCH_SCALE_MAX
 @usableFromInline let pcpBatchScaleMax = 5
+
+/// The kernel's `clamp(v, lo, hi)`: `hi` when `v >= hi`, else `lo` when `v <= lo`, else `v`.
+/// The order of the tests matters only when `lo > hi` (a zone whose low-watermark share per
+/// CPU exceeds its high_max): then a `v` below `hi` gives `lo`, where `min(max(v, lo), hi)`
+/// would give `hi`.
+@inlinable @inline(__always)
+func kernelClamp(_ v: Int, _ lo: Int, _ hi: Int) -> Int {
+  v >= hi ? hi : (v <= lo ? lo : v)
+}
 
 /// `pcp_allowed_order()`: orders 0-3 and the pageblock (THP) order.
 @inlinable @inline(__always)
