@@ -14,7 +14,7 @@ incremental from one run to the next. The real tree is never written. The unmuta
 scratch copy is built (`swift build --build-tests`) and the union of the mutations' test
 filters must pass on it; then each mutation is applied by exact text match, the package
 rebuilt (one incremental build), `swift test --skip-build --filter F` run, and the file
-restored. A mutation is killed when those tests fail (or crash, or time out); it
+restored. A mutation is killed when those tests fail (or crash, or time out: --timeout); it
 survives when they pass.
 
 Exit status: 0 when every mutation was killed (`killed N of N`), 1 when one survived,
@@ -290,7 +290,14 @@ def failing_tests(out):
         m = re.match(r"\s*✘ Test (\S+?)(?:\(|\s)", line) or re.match(r"Test Case '(\S+)' failed", line)
         if m and m.group(1) not in names and not line.lstrip().startswith("✘ Test run with"):
             names.append(m.group(1))
-    return names[:4] + (["..."] if len(names) > 4 else [])
+    names = names[:4] + (["..."] if len(names) > 4 else [])
+    # A crash ends the run before any test is reported failed: name the signal and the test
+    # it happened in (the first test frame of the crashed thread's backtrace).
+    sig = re.search(r"exited with unexpected signal code (\d+)", out)
+    if sig:
+        m = re.search(r" in (\w+)\.(\w+)\(\) \+ \d+ in \S+\.xctest at \S+/Tests/", out)
+        names.append(f"crashed: signal {sig.group(1)}" + (f" in {m.group(1)}.{m.group(2)}" if m else ""))
+    return names
 
 
 def fmt(s):
@@ -305,7 +312,10 @@ def main():
     ap.add_argument("--list", action="store_true", help="list the mutations and exit")
     ap.add_argument("--show", metavar="ID", help="print the diff of one mutation and exit")
     ap.add_argument("--scratch", default=os.path.join(ROOT, ".build-mutations", "src"), help="the scratch copy")
-    ap.add_argument("--timeout", type=int, default=900, help="seconds one mutation's tests may take")
+    ap.add_argument(
+        "--timeout", type=int,
+        help="seconds one mutation's tests may take (default: three times the unmutated run of all the"
+        " filters, at least 180): a mutation that makes a test hang is killed when it runs out")
     args = ap.parse_args()
     t0 = time.monotonic()
     try:
@@ -360,11 +370,13 @@ def main():
                 raise Broken(f"{m.id}: tests: {m.tests!r} names no test")
         union = "|".join(f"(?:{m.tests})" for m in chosen)
         t = time.monotonic()
-        status, out, timed_out = run(["swift", "test", "--skip-build", "--filter", union], scratch, args.timeout, log)
+        status, out, timed_out = run(["swift", "test", "--skip-build", "--filter", union], scratch, 1800, log)
         if status != 0 or timed_out:
             raise Broken(
                 "the tests fail without any mutation (" + ", ".join(failing_tests(out)) + "):\n" + out[-4000:])
-        print(f"baseline tests pass   {fmt(time.monotonic() - t)}", flush=True)
+        baseline = time.monotonic() - t
+        print(f"baseline tests pass   {fmt(baseline)}", flush=True)
+        timeout = args.timeout or max(180, int(3 * baseline))
 
         killed, survivors = [], []
         for m in chosen:
@@ -380,7 +392,7 @@ def main():
                     raise Broken(f"{m.id}: the mutated package does not compile:\n" + "\n".join(errs))
                 tt = time.monotonic()
                 status, out, timed_out = run(
-                    ["swift", "test", "--skip-build", "--filter", m.tests], scratch, args.timeout, log)
+                    ["swift", "test", "--skip-build", "--filter", m.tests], scratch, timeout, log)
                 te = time.monotonic()
             finally:
                 for path, (orig, _) in texts.items():
