@@ -24,7 +24,6 @@ let package = Package(
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
-    .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
     .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
   ],
   targets: [
@@ -59,13 +58,11 @@ let package = Package(
       name: "PageAllocTests",
       dependencies: [
         "PageAlloc", "PageAllocTestSupport", "PageAllocStress", "PageAllocVMalloc", "_PageAllocUtilities",
-        .product(name: "PropertyBased", package: "swift-property-based"),
       ]),
     .testTarget(
       name: "PageAllocVMallocTests",
       dependencies: [
         "PageAlloc", "PageAllocVMalloc", "PageAllocTestSupport", "_PageAllocUtilities",
-        .product(name: "PropertyBased", package: "swift-property-based"),
       ]),
     .testTarget(
       name: "PageAllocTraceTests",
@@ -79,5 +76,8 @@ let package = Package(
     .testTarget(name: "PageAllocUtilitiesTests", dependencies: ["_PageAllocUtilities"]),
     .testTarget(
       name: "PageAllocBenchTests", dependencies: ["PageAlloc", "PageAllocBench", "PageAllocTestSupport"]),
+    // Runs the built `pagealloc` binary (built with the tests by `swift build --build-tests`
+    // and `swift test`) and compares its output with the libraries'.
+    .testTarget(name: "PageAllocCLITests", dependencies: ["PageAlloc", "PageAllocViews"]),
   ]
 )

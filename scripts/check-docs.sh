@@ -2,7 +2,7 @@
 # Builds the DocC documentation of our modules with every warning an error: broken symbol
 # links, unknown articles and undocumented parameters fail the run. The modules are named
 # one by one because without --target the plugin also documents the dependencies
-# (PropertyBased, ArgumentParser), whose own warnings are not ours to fix.
+# (ArgumentParser), whose own warnings are not ours to fix.
 # The swift-docc-plugin comes from Package.swift, resolved like any other dependency.
 # Exit status: the plugin's (0 when the catalogs and doc comments build without warnings).
 set -euo pipefail

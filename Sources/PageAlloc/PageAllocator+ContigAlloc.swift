@@ -283,8 +283,10 @@ extension PageAllocator {
     if outerStart < start { freeContigCommon(outerStart, start - outerStart, frozen: true, "allocContigRange") }
     if end < outerEnd { freeContigCommon(end, outerEnd - end, frozen: true, "allocContigRange") }
 
-    // post_alloc_hook() per page; refcounts (set_pages_refcounted) unless frozen.
-    if compound {
+    // post_alloc_hook() per page; refcounts (set_pages_refcounted) unless frozen. One page
+    // with __GFP_COMP is a plain page: prep_new_page() makes a compound page only for
+    // order > 0.
+    if compound && compoundOrder > 0 {
       let r = memMap.presentRecord(start)
       r.pointee.flags.store(PG.word(flags: PG.head, order: compoundOrder), ordering: .relaxed)
       var p = start + 1

@@ -115,19 +115,69 @@ extension PageAllocator {
     let zones = UnsafeMutablePointer<Zone>.allocate(capacity: config.count)
     for (i, zc) in config.enumerated() {
       let lists = UnsafeMutablePointer<FreeList>.allocate(capacity: FreeArea.listCount)
-      lists.initialize(
-        repeating: FreeList(head: PageRecord.nilLink, tail: PageRecord.nilLink, count: 0), count: FreeArea.listCount)
       let reserve = UnsafeMutablePointer<Int>.allocate(capacity: ZoneKind.count)
-      reserve.initialize(repeating: 0, count: ZoneKind.count)
-      (zones + i).initialize(
-        to: Zone(
-          lock: SpinLock(word: Atomic(0)), nrFreePages: Atomic(0), belowHigh: Atomic(false),
-          index: i, kind: zc.kind, start: zc.pfns.lowerBound.value, end: zc.pfns.upperBound.value, lists: lists,
-          lowmemReserve: reserve, spanned: zc.pfns.count, present: 0, managed: 0, wmarkMin: 0, wmarkLow: 0,
-          wmarkHigh: 0, wmarkPromo: 0, batch: 1, highMin: 0, highMax: 0, pgfree: 0, pgalloc: 0, pgallocFailed: 0,
-          fallbackAllocs: 0, pageblocksClaimed: 0))
+      (zones + i).initialize(to: bootZone(i, zc, lists: lists, reserve: reserve))
     }
     return zones
+  }
+
+  /// Zone `i` as `free_area_init_core()` leaves it, over the given list and reserve
+  /// storage (emptied here): no memory yet, every counter at zero.
+  static func bootZone(
+    _ i: Int, _ zc: ZoneConfiguration, lists: UnsafeMutablePointer<FreeList>, reserve: UnsafeMutablePointer<Int>
+  ) -> Zone {
+    lists.initialize(
+      repeating: FreeList(head: PageRecord.nilLink, tail: PageRecord.nilLink, count: 0), count: FreeArea.listCount)
+    reserve.initialize(repeating: 0, count: ZoneKind.count)
+    return Zone(
+      lock: SpinLock(word: Atomic(0)), nrFreePages: Atomic(0), belowHigh: Atomic(false),
+      index: i, kind: zc.kind, start: zc.pfns.lowerBound.value, end: zc.pfns.upperBound.value, lists: lists,
+      lowmemReserve: reserve, spanned: zc.pfns.count, present: 0, managed: 0, wmarkMin: 0, wmarkLow: 0,
+      wmarkHigh: 0, wmarkPromo: 0, batch: 1, highMin: 0, highMax: 0, pgfree: 0, pgalloc: 0, pgallocFailed: 0,
+      fallbackAllocs: 0, pageblocksClaimed: 0)
+  }
+
+  /// Puts the allocator back where `init(configuration:)` left it: every page record
+  /// cleared and every pageblock Movable, the zones and pagesets rebuilt, the bad-page
+  /// log, the quarantine, the counters, fault injection and compaction's state (movable
+  /// owners, cached scanner positions, deferrals) cleared; then the boot set-up again. The
+  /// trace sink and chunk observer stay.
+  ///
+  /// For a caller that runs thousands of short independent workloads, like the
+  /// API-sequence fuzzer: a new allocator maps, faults in and unmaps its memmap every
+  /// time. Nothing else may use the allocator meanwhile, no page handle may be alive, and
+  /// no memory debugging may be on (its page_owner records and page protections are not
+  /// reset).
+  package func resetToBoot() {
+    precondition(liveHandles.load(ordering: .acquiring) == 0, "resetToBoot with page handles alive")
+    precondition(!debugging, "resetToBoot with memory debugging on")
+    let k = compaction.kcompactd
+    precondition(k.withLock { k.thread == nil }, "resetToBoot with the kcompactd thread running")
+    memMap.clear()
+    let map = memMap
+    let layouts = configuration.zones.map { ZoneLayout($0, map) }
+    for i in 0..<zoneCount {
+      let z = zones + i
+      let lists = z.pointee.lists
+      let reserve = z.pointee.lowmemReserve
+      z.deinitialize(count: 1)
+      z.initialize(to: PageAllocator.bootZone(i, configuration.zones[i], lists: lists, reserve: reserve))
+    }
+    for i in 0..<(cpuCount * zoneCount) {
+      pcp(i).pointee.lists.deallocate()
+      pcp(i).deinitialize(count: 1)
+    }
+    reports.withLock { $0 = ReportLog() }
+    quarantined.store(0, ordering: .relaxed)
+    hwpoisoned.store(0, ordering: .relaxed)
+    mlockCleared.store(0, ordering: .relaxed)
+    faultState.withLock { $0 = nil }
+    faultsEnabled.store(false, ordering: .relaxed)
+    markReservedPages(layouts)
+    freeAllMemory(layouts)
+    setupWatermarks()
+    setupPageSets()
+    compaction.resetToBoot(zones: zones)
   }
 
   /// `memmap_init()` / `init_unavailable_range()` and memblock's reservations: every page of

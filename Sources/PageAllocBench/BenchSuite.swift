@@ -18,6 +18,9 @@ public struct BenchOptions: Sendable {
   public var quick: Bool
   /// Called now and then with a label and the fraction done (0...1) of the running suite.
   public var progress: (@Sendable (_ label: String, _ fraction: Double) -> Void)?
+  /// A deliberately broken run (tests, and `pagealloc bench --sabotage`): every suite's
+  /// result check must then throw.
+  package var sabotage: BenchSabotage?
 
   public init(
     iterations: Int? = nil, order: Int = 9, allOrders: Bool = false, threads: Int = 2, quick: Bool = false,
@@ -135,6 +138,32 @@ func benchAllocator(_ suite: String, pages: Int = 1 << 16, cpuCount: Int = 2) th
   } catch {
     throw BenchError(suite: suite, "cannot create the allocator: \(error)")
   }
+}
+
+/// A deliberate fault for a run whose result check must fail: how the tests (and the
+/// hidden `pagealloc bench --sabotage`) show that every suite checks its result, and that
+/// a failed check makes the command exit with status 2.
+package enum BenchSabotage: String, Sendable, CaseIterable {
+  /// One page allocated and never freed.
+  case leakPage = "leak-page"
+  /// One page freed twice (a bad-page report).
+  case badFree = "bad-free"
+
+  /// Damages `a` just before a suite's result check.
+  func apply(_ a: PageAllocator) {
+    guard let p = a.allocPages(order: 0, gfp: [.kernel, .noWarn]) else { return }
+    if self == .badFree {
+      a.freePages(p, order: 0)
+      a.freePages(p, order: 0)
+    }
+  }
+}
+
+/// A suite's result check: ``benchCheckRestored(_:startFree:suite:variant:)`` after the
+/// sabotage `o` asks for, if any.
+func benchCheck(_ a: PageAllocator, startFree: Int, suite: String, variant: String, _ o: BenchOptions) throws {
+  o.sabotage?.apply(a)
+  try benchCheckRestored(a, startFree: startFree, suite: suite, variant: variant)
 }
 
 /// The check every suite runs before its figure counts: the free page count is back to

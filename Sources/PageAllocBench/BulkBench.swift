@@ -50,7 +50,7 @@ enum BulkBench {
       }
       return ns
     }
-    try benchCheckRestored(a, startFree: start, suite: name, variant: variant)
+    try benchCheck(a, startFree: start, suite: name, variant: variant, o)
     return t
   }
 

@@ -29,7 +29,8 @@ extension BenchSuite {
     name: "compaction",
     summary: "order-9 latency on movable fragmentation: none, direct, proactive, compact-all; contig over movable",
     defaultIterations: 1, quickIterations: 1, iterationUnit: "runs of every variant (1 GiB pool; --quick 256 MiB)",
-    run: { o in try CompactionBench.run(quick: o.quick, progress: o.progress) },
+    run: { o in try CompactionBench.run(pages: o.quick ? 1 << 16 : 1 << 18, sabotage: o.sabotage, progress: o.progress)
+    },
     ratios: { CompactionBench.ratios($0) })
 }
 
@@ -93,12 +94,13 @@ public enum CompactionBench {
       }
     }
 
-    /// Frees everything and checks the allocator.
-    func finish(_ variant: String, blocks: [PFN]) throws {
+    /// Frees everything and checks the allocator (after the sabotage asked for, if any).
+    func finish(_ variant: String, blocks: [PFN], sabotage: BenchSabotage?) throws {
       try check(variant)
       for b in blocks { a.freePages(b, order: 9) }
       for h in kept { table.free(h) }
       a.drainAllPages()
+      sabotage?.apply(a)
       try benchCheckRestored(a, startFree: a.managedPageCount, suite: CompactionBench.name, variant: variant)
     }
   }
@@ -107,22 +109,25 @@ public enum CompactionBench {
 
   /// Every variant on a 1 GiB pool (256 MiB with `quick`).
   public static func run(quick: Bool, progress: (@Sendable (String, Double) -> Void)? = nil) throws -> [BenchResult] {
-    try run(pages: quick ? 1 << 16 : 1 << 18, progress: progress)
+    try run(pages: quick ? 1 << 16 : 1 << 18, sabotage: nil, progress: progress)
   }
 
   /// Every variant on a pool of `pages` pages (at least 2^14: the contiguous range is
-  /// 16384 pages from a quarter of the pool, or a quarter of the pool when smaller).
-  package static func run(pages: Int, progress: (@Sendable (String, Double) -> Void)? = nil) throws -> [BenchResult] {
+  /// 16384 pages from a quarter of the pool, or a quarter of the pool when smaller). A
+  /// `sabotage` breaks every variant's pool just before its result check.
+  package static func run(
+    pages: Int, sabotage: BenchSabotage? = nil, progress: (@Sendable (String, Double) -> Void)? = nil
+  ) throws -> [BenchResult] {
     PageAllocator.setThreadCPU(0)
     defer { PageAllocator.setThreadCPU(nil) }
     var out: [BenchResult] = []
     let variants = ["none", "direct", "proactive", "compact-all"]
     for (i, v) in variants.enumerated() {
       progress?("compaction \(v)", Double(i) / Double(variants.count + 1))
-      out.append(try latency(v, pages: pages))
+      out.append(try latency(v, pages: pages, sabotage: sabotage))
     }
     progress?("compaction contig", Double(variants.count) / Double(variants.count + 1))
-    out += try contig(pages: pages)
+    out += try contig(pages: pages, sabotage: sabotage)
     return out
   }
 
@@ -153,7 +158,7 @@ public enum CompactionBench {
     return (blocks, ns, failures)
   }
 
-  static func latency(_ variant: String, pages: Int) throws -> BenchResult {
+  static func latency(_ variant: String, pages: Int, sabotage: BenchSabotage?) throws -> BenchResult {
     let pool = try Pool(pages: pages)
     let a = pool.a
     let freePages = a.freePageCount
@@ -221,7 +226,7 @@ public enum CompactionBench {
     if variant != "none" && blocks.isEmpty {
       throw BenchError(suite: name, "\(variant): no order-9 block could be allocated")
     }
-    try pool.finish(variant, blocks: blocks)
+    try pool.finish(variant, blocks: blocks, sabotage: sabotage)
     return BenchResult(
       suite: name, variant: variant, order: 9, iterations: max(ns.count, 1), pagesPerIteration: 512,
       totalNanoseconds: total, extra: extra)
@@ -229,7 +234,7 @@ public enum CompactionBench {
 
   /// `allocContigRange` of 16384 pages over the fragmented movable pool (a quarter of the
   /// range's pages in use, all movable) against the same range of a free pool.
-  static func contig(pages: Int) throws -> [BenchResult] {
+  static func contig(pages: Int, sabotage: BenchSabotage?) throws -> [BenchResult] {
     let n = min(16384, pages / 4)
     let range = PFN(pages / 4)..<PFN(pages / 4 + n)
     var out: [BenchResult] = []
@@ -245,9 +250,10 @@ public enum CompactionBench {
       let migrated = a.compactionStatistics().pgmigrateSuccess - before.pgmigrateSuccess
       a.freeContigRange(range.lowerBound, count: n)
       if let pool {
-        try pool.finish(variant, blocks: [])
+        try pool.finish(variant, blocks: [], sabotage: sabotage)
       } else {
         a.drainAllPages()
+        sabotage?.apply(a)
         try benchCheckRestored(a, startFree: a.managedPageCount, suite: name, variant: variant)
       }
       out.append(

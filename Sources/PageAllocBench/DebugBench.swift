@@ -44,7 +44,7 @@ enum DebugBench {
       let span = 1.0 / Double(Loop.allCases.count * steps)
       let best = try interleavedBest(options, total: count, passes: passes) { option, k, step in
         o.report("\(name) \(loop.rawValue) \(option.rawValue)", Double(li * steps + step) * span)
-        return try measure(loop, option, k)
+        return try measure(loop, option, k, o)
       }
       let off = Double(max(best[.off]!, 1))
       for option in options {
@@ -61,7 +61,7 @@ enum DebugBench {
   }
 
   /// One pass of `loop` with `option` on a fresh allocator, checked afterwards.
-  static func measure(_ loop: Loop, _ option: Option, _ n: Int) throws -> UInt64 {
+  static func measure(_ loop: Loop, _ option: Option, _ n: Int, _ o: BenchOptions) throws -> UInt64 {
     let a: PageAllocator
     do {
       a = try PageAllocator(
@@ -76,7 +76,7 @@ enum DebugBench {
     let start = a.freePageCount
     _ = try run(a, loop, min(n, 64))
     let ns = try run(a, loop, n)
-    try benchCheckRestored(a, startFree: start, suite: name, variant: "\(loop.rawValue) \(option.rawValue)")
+    try benchCheck(a, startFree: start, suite: name, variant: "\(loop.rawValue) \(option.rawValue)", o)
     return ns
   }
 

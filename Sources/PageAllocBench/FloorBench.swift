@@ -87,7 +87,7 @@ enum FloorBench {
     let heads = UnsafeMutableBufferPointer<PFN>.allocate(capacity: perRound)
     defer { heads.deallocate() }
     _ = try round(a, order, heads, variant)
-    try benchCheckRestored(a, startFree: start, suite: name, variant: variant.rawValue)
+    try benchCheck(a, startFree: start, suite: name, variant: variant.rawValue, o)
     var allocNs: UInt64 = 0
     let label = "\(name) order \(order) \(variant.rawValue)"
     let free = try timedInChunks(o, label: label, total: rounds, progress: progress) { count in
@@ -99,7 +99,7 @@ enum FloorBench {
       }
       return t
     }
-    try benchCheckRestored(a, startFree: start, suite: name, variant: variant.rawValue)
+    try benchCheck(a, startFree: start, suite: name, variant: variant.rawValue, o)
     return (free, allocNs)
   }
 

@@ -52,7 +52,7 @@ enum FrozenRangeBench {
       }
       return ns
     }
-    try benchCheckRestored(a, startFree: start, suite: name, variant: variant)
+    try benchCheck(a, startFree: start, suite: name, variant: variant, o)
     return t
   }
 

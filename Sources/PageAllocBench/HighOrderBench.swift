@@ -78,13 +78,13 @@ enum HighOrderBench {
     let a = try benchAllocator(name)
     let start = a.freePageCount
     _ = try loop(a, order, min(n, 64), variant)
-    try benchCheckRestored(a, startFree: start, suite: name, variant: variant.rawValue)
+    try benchCheck(a, startFree: start, suite: name, variant: variant.rawValue, o)
     let t = try timedInChunks(
       o, label: "\(name) order \(order) \(variant.rawValue)", total: n, progress: progress
     ) {
       try loop(a, order, $0, variant)
     }
-    try benchCheckRestored(a, startFree: start, suite: name, variant: variant.rawValue)
+    try benchCheck(a, startFree: start, suite: name, variant: variant.rawValue, o)
     return t
   }
 

@@ -11,11 +11,7 @@ extension BenchSuite {
     name: "vmalloc",
     summary: "test_vmalloc.c cases: per-page vs bulk vfree, vs mmap and malloc",
     defaultIterations: 1, quickIterations: 1, iterationUnit: "runs of every case",
-    run: { o in
-      let r = VMallocBench.run(quick: o.quick)
-      if r.isEmpty { throw BenchError(suite: "vmalloc", "could not set up the memfd arena or the window") }
-      return r
-    },
+    run: { o in try VMallocBench.run(quick: o.quick, o) },
     ratios: { results in
       VMallocBench.ratios(results).flatMap { r -> [(String, Double)] in
         let key = "vmalloc." + r.test.replacingSpaces()
@@ -33,7 +29,7 @@ extension BenchSuite {
     name: "trace-overhead",
     summary: "freeContigRange loop with no trace sink vs a sink installed",
     defaultIterations: 20_000, quickIterations: 1_000, iterationUnit: "order-9 alloc+split+free rounds",
-    run: { o in try TraceOverheadBench.run(iterations: max(o.iterations ?? (o.quick ? 1_000 : 20_000), 1)) },
+    run: { o in try TraceOverheadBench.run(iterations: max(o.iterations ?? (o.quick ? 1_000 : 20_000), 1), o) },
     ratios: { results in
       results.filter { $0.suite == "trace-overhead" && $0.variant != "no-sink" && $0.variant != "tracepoint-no-sink" }
         .map { ("trace-overhead.\($0.variant).over_no_sink", $0.extra["ratio_vs_no_sink"] ?? 0) }
@@ -53,7 +49,7 @@ extension BenchSuite {
     name: "cma",
     summary: "16384-page allocContigRange ranges released per page vs freeContigRange",
     defaultIterations: 300, quickIterations: 10, iterationUnit: "16384-page ranges taken and released",
-    run: { o in try CMABench.run(iterations: max(o.iterations ?? (o.quick ? 10 : 300), 1)) },
+    run: { o in try CMABench.run(iterations: max(o.iterations ?? (o.quick ? 10 : 300), 1), o) },
     ratios: { results in
       func release(_ v: String) -> Double? {
         results.first { $0.suite == "cma" && $0.variant == v }?.extra["release_ns"]

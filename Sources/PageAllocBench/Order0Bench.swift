@@ -104,7 +104,7 @@ enum Order0Bench {
       o.report("\(name) \(label)", progress.0 + progress.1)
     }
     if failed.load(ordering: .relaxed) != 0 { throw benchAllocFailed(name, 0) }
-    try benchCheckRestored(a, startFree: start, suite: name, variant: label)
+    try benchCheck(a, startFree: start, suite: name, variant: label, o)
     return wall
   }
 

@@ -69,7 +69,7 @@ enum THPBench {
     }
     for v in variants {
       let (a, start) = allocators[v]!
-      try benchCheckRestored(a, startFree: start, suite: name, variant: v.rawValue)
+      try benchCheck(a, startFree: start, suite: name, variant: v.rawValue, o)
     }
     return variants.map { v in
       let ns = best[v]!

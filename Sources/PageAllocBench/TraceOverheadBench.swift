@@ -25,16 +25,24 @@ public enum TraceOverheadBench {
   /// Runs each variant three times, interleaved, and keeps the fastest run of each.
   /// `iterations` is the number of order-9 alloc/split/free rounds per run.
   public static func run(iterations: Int) throws -> [BenchResult] {
+    try run(iterations: iterations, BenchOptions())
+  }
+
+  /// ``run(iterations:)`` with the options of a `pagealloc bench` run (a sabotage, in the
+  /// tests).
+  package static func run(iterations: Int, _ o: BenchOptions) throws -> [BenchResult] {
+    let name = "trace-overhead"
     let order = 9
     let pages = 1 << order
-    let a = try PageAllocator(configuration: .normal(pages: 1 << 16, cpuCount: 1, backing: .none))
+    let a = try benchAllocator(name, cpuCount: 1)
+    let start = a.freePageCount
     PageAllocator.setThreadCPU(0)
     defer { PageAllocator.setThreadCPU(nil) }
 
-    func loop(_ n: Int) -> UInt64 {
+    func loop(_ n: Int) throws -> UInt64 {
       let t0 = monotonicNanoseconds()
       for _ in 0..<n {
-        guard let p = a.allocPages(order: order, gfp: .kernel) else { fatalError("trace bench: allocation failed") }
+        guard let p = a.allocPages(order: order, gfp: .kernel) else { throw benchAllocFailed(name, order) }
         a.splitPage(p, order: order)
         a.freeContigRange(p, count: pages)
       }
@@ -56,18 +64,25 @@ public enum TraceOverheadBench {
     }
 
     let sink = CountingSink()
-    _ = loop(max(iterations / 10, 1))  // warm up
+    _ = try loop(max(iterations / 10, 1))  // warm up
     var best = [UInt64](repeating: .max, count: 4)
     var eventsPerIteration = 0.0
     for _ in 0..<3 {
-      best[0] = min(best[0], loop(iterations))
+      best[0] = min(best[0], try loop(iterations))
       a.setTraceSink(sink)
       let before = sink.count.load(ordering: .relaxed)
-      best[1] = min(best[1], loop(iterations))
+      best[1] = min(best[1], try loop(iterations))
       eventsPerIteration = Double(sink.count.load(ordering: .relaxed) - before) / Double(iterations)
       a.setTraceSink(nil)
-      best[2] = min(best[2], loop(iterations))
+      best[2] = min(best[2], try loop(iterations))
       best[3] = min(best[3], tracepoints(iterations))
+    }
+    // Every page back, verify() clean, no bad-page report; and the sink saw at least the
+    // 512 mm_page_free events of each iteration (one per page freed).
+    try benchCheck(a, startFree: start, suite: name, variant: "all", o)
+    if eventsPerIteration < Double(pages) {
+      throw BenchError(
+        suite: name, "sink: \(eventsPerIteration) events per iteration, fewer than the \(pages) pages freed")
     }
     let base = Double(best[0])
     func result(_ variant: String, _ ns: UInt64, _ extra: [String: Double]) -> BenchResult {

@@ -48,7 +48,7 @@ public enum VMallocBench {
     var loops: Int
     /// Average pages per iteration (for nsPerPage).
     var pages: Int
-    var body: (Allocator, Int) -> Void
+    var body: (Allocator, Int) throws(BenchError) -> Void
   }
 
   /// What the cases allocate with.
@@ -137,6 +137,10 @@ public enum VMallocBench {
     }
   }
 
+  /// An allocation a case needs failed: a broken path (or a map-count budget used up by
+  /// another user of the process), never a figure.
+  static func failed(_ what: String) -> BenchError { BenchError(suite: "vmalloc", what) }
+
   @inline(__always)
   static func next(_ s: inout UInt64) -> UInt64 {
     s ^= s << 13
@@ -152,39 +156,39 @@ public enum VMallocBench {
     for n in [1, 4, 16, 64, 512] {
       let loops = (n >= 512 ? 2_000 : n >= 64 ? 10_000 : 20_000) / scale
       out.append(
-        Case(name: "fix_size_alloc_test p:\(n)", loops: loops, pages: n) { a, loops in
+        Case(name: "fix_size_alloc_test p:\(n)", loops: loops, pages: n) { (a, loops) throws(BenchError) in
           for _ in 0..<loops {
-            guard let h = a.alloc(n * pg) else { fatalError("vmalloc bench: allocation failed") }
+            guard let h = a.alloc(n * pg) else { throw failed("allocation failed") }
             a.touch(h, n)
             a.free(h)
           }
         })
     }
     out.append(
-      Case(name: "random_size_alloc_test", loops: 20_000 / scale, pages: 50) { a, loops in
+      Case(name: "random_size_alloc_test", loops: 20_000 / scale, pages: 50) { (a, loops) throws(BenchError) in
         var s: UInt64 = 0x1234_5678
         for _ in 0..<loops {
           let n = 1 + Int(next(&s) % 100)
-          guard let h = a.alloc(n * pg) else { fatalError("vmalloc bench: allocation failed") }
+          guard let h = a.alloc(n * pg) else { throw failed("allocation failed") }
           h.ptr.storeBytes(of: 1, as: UInt8.self)
           a.free(h)
         }
       })
     let junk = quick ? 2048 : 8192
     out.append(
-      Case(name: "full_fit_alloc_test", loops: 20_000 / scale, pages: 1) { a, loops in
+      Case(name: "full_fit_alloc_test", loops: 20_000 / scale, pages: 1) { (a, loops) throws(BenchError) in
         var keep: [Allocator.Handle] = []
         var junkPtrs: [Allocator.Handle] = []
         keep.reserveCapacity(junk)
         junkPtrs.reserveCapacity(junk)
         for _ in 0..<junk {
-          guard let p = a.alloc(pg), let j = a.alloc(pg) else { fatalError("vmalloc bench: junk allocation failed") }
+          guard let p = a.alloc(pg), let j = a.alloc(pg) else { throw failed("junk allocation failed") }
           keep.append(p)
           junkPtrs.append(j)
         }
         for j in junkPtrs { a.free(j) }
         for _ in 0..<loops {
-          guard let h = a.alloc(pg) else { fatalError("vmalloc bench: allocation failed") }
+          guard let h = a.alloc(pg) else { throw failed("allocation failed") }
           h.ptr.storeBytes(of: 1, as: UInt8.self)
           a.free(h)
         }
@@ -192,15 +196,15 @@ public enum VMallocBench {
       })
     let busy = quick ? 1500 : 15000
     out.append(
-      Case(name: "long_busy_list_alloc_test", loops: 10_000 / scale, pages: 101) { a, loops in
+      Case(name: "long_busy_list_alloc_test", loops: 10_000 / scale, pages: 101) { (a, loops) throws(BenchError) in
         var keep: [Allocator.Handle] = []
         keep.reserveCapacity(busy)
         for _ in 0..<busy {
-          guard let p = a.alloc(pg) else { fatalError("vmalloc bench: busy-list allocation failed") }
+          guard let p = a.alloc(pg) else { throw failed("busy-list allocation failed") }
           keep.append(p)
         }
         for _ in 0..<loops {
-          guard let p1 = a.alloc(100 * pg), let p2 = a.alloc(pg) else { fatalError("vmalloc bench: allocation failed") }
+          guard let p1 = a.alloc(100 * pg), let p2 = a.alloc(pg) else { throw failed("allocation failed") }
           p1.ptr.storeBytes(of: 0, as: UInt8.self)
           p2.ptr.storeBytes(of: 1, as: UInt8.self)
           a.free(p1)
@@ -209,23 +213,23 @@ public enum VMallocBench {
         for p in keep { a.free(p) }
       })
     out.append(
-      Case(name: "fix_align_alloc_test", loops: 20_000 / scale, pages: 5) { a, loops in
+      Case(name: "fix_align_alloc_test", loops: 20_000 / scale, pages: 5) { (a, loops) throws(BenchError) in
         // THREAD_ALIGN << 1 with x86-64's 16 KiB THREAD_SIZE.
         for _ in 0..<loops {
           guard let h = a.alloc(5 * pg, align: 32 * 1024, zero: true) else {
-            fatalError("vmalloc bench: allocation failed")
+            throw failed("allocation failed")
           }
           a.free(h)
         }
       })
     out.append(
-      Case(name: "random_size_align_alloc_test", loops: 20_000 / scale, pages: 5) { a, loops in
+      Case(name: "random_size_align_alloc_test", loops: 20_000 / scale, pages: 5) { (a, loops) throws(BenchError) in
         var s: UInt64 = 0x8765_4321
         for _ in 0..<loops {
           let r = next(&s) & 0xff
           let align = 1 << Int(r % 22)
           let size = Int(r % 10 + 1) * pg
-          guard let h = a.alloc(size, align: align, zero: true) else { fatalError("vmalloc bench: allocation failed") }
+          guard let h = a.alloc(size, align: align, zero: true) else { throw failed("allocation failed") }
           a.free(h)
         }
       })
@@ -240,17 +244,29 @@ public enum VMallocBench {
   /// loop counts by 10 and runs one round; otherwise each figure is the best of 3 rounds.
   /// Returns an empty array (with a message on standard error) if the memory cannot be set
   /// up. `prefault: false` maps areas without `MAP_POPULATE` (first touch faults).
-  public static func run(quick: Bool, prefault: Bool = true) -> [BenchResult] {
+  ///
+  /// After each case (all its variants) the result is checked: every page free again,
+  /// `verify()` clean on the allocator and the vmalloc, no bad-page report and no bad
+  /// vfree, no area left and no mapping charged. A failed check or a failed allocation
+  /// throws a ``BenchError``; so does an arena or window that cannot be set up.
+  public static func run(quick: Bool, prefault: Bool = true) throws -> [BenchResult] {
+    try run(quick: quick, prefault: prefault, BenchOptions())
+  }
+
+  /// ``run(quick:prefault:)`` with the options of a `pagealloc bench` run (a sabotage, in
+  /// the tests).
+  package static func run(quick: Bool, prefault: Bool = true, _ o: BenchOptions) throws -> [BenchResult] {
     // 1 GiB of pfns (memfd, reserved with MAP_NORESERVE; only touched pages cost RAM).
     let alloc: PageAllocator
     let vm: VMalloc
     do {
-      alloc = try PageAllocator(configuration: .normal(pages: 1 << 18, cpuCount: 2, backing: .memfd))
+      alloc = try PageAllocator(
+        configuration: .normal(pages: 1 << 18, cpuCount: 2, backing: .memfd))
       vm = try VMalloc(allocator: alloc, configuration: .init(prefault: prefault))
     } catch {
-      printError("pagealloc: bench vmalloc: \(error)")
-      return []
+      throw failed("could not set up the memfd arena or the window: \(error)")
     }
+    let start = alloc.freePageCount
     let rounds = quick ? 1 : 3
     var best: [String: UInt64] = [:]
     let all = cases(quick: quick)
@@ -259,11 +275,12 @@ public enum VMallocBench {
         for v in Variant.allCases {
           let a = Allocator(v, vm)
           let t0 = monotonicNanoseconds()
-          c.body(a, c.loops)
+          try c.body(a, c.loops)
           let t = monotonicNanoseconds() &- t0
           let key = "\(c.name) \(v.rawValue)"
           best[key] = min(best[key] ?? .max, t)
         }
+        try checkRestored(alloc, vm, startFree: start, c.name, o)
       }
     }
     var results: [BenchResult] = []
@@ -289,6 +306,24 @@ public enum VMallocBench {
     }
     blackHole(alloc.freePageCount)
     return results
+  }
+
+  /// The check after a case: ``benchCheckRestored(_:startFree:suite:variant:)`` on the
+  /// allocator, then the vmalloc's own state.
+  static func checkRestored(
+    _ alloc: PageAllocator, _ vm: VMalloc, startFree: Int, _ name: String, _ o: BenchOptions
+  ) throws {
+    try benchCheck(alloc, startFree: startFree, suite: "vmalloc", variant: name, o)
+    do {
+      try vm.verify()
+    } catch {
+      throw failed("\(name): \(error)")
+    }
+    if vm.areaCount != 0 || vm.vmallocPageCount != 0 || vm.chargedMappings != 0 || vm.badCallCount != 0 {
+      throw failed(
+        "\(name): \(vm.areaCount) area(s), \(vm.vmallocPageCount) page(s) and \(vm.chargedMappings) mapping(s) left,"
+          + " \(vm.badCallCount) bad call(s)")
+    }
   }
 
   /// The ratios of each case, from ``run(quick:prefault:)``'s results.

@@ -201,16 +201,18 @@ package struct APISequence {
     case corrupt(pick: Int, page: Int, flags: PageFlags, way: FreeWay)
   }
 
-  /// The allocator the fuzzer and the hostile-input tests use: small enough for thousands
-  /// of inputs a second, with every boundary the checks care about. A DMA zone ending at
-  /// pfn 1000, inside the pageblock 512..<1024 it shares with the Normal zone; a Normal
-  /// zone up to 8192 with a one-section memmap hole at 4096..<5120; 1024-page sections;
-  /// two CPUs; no memory behind the pages; every page of a block checked (`checkPages`).
+  /// The allocator the API-sequence fuzzer uses: small, so that verify() (which walks
+  /// every page) stays cheap and inputs run by the thousand a second, with every boundary
+  /// the checks care about. A DMA zone ending at pfn 1000, inside the pageblock 512..<1024
+  /// it shares with the Normal zone; a Normal zone up to 4096 with a one-section memmap
+  /// hole at 2048..<3072 between its two parts; 1024-page sections (the smallest); two
+  /// CPUs; no memory behind the pages; every page of a block checked (`checkPages`). 3072
+  /// pages present.
   package static let fuzzConfiguration = PageAllocator.Configuration(
     zones: [
       ZoneConfiguration(kind: .dma, pfns: PFN(0)..<PFN(1000)),
-      ZoneConfiguration(kind: .normal, pfns: PFN(1000)..<PFN(8192)),
-    ], cpuCount: 2, backing: .none, sectionPages: 1024, holes: [PFN(4096)..<PFN(5120)], checkPages: true)
+      ZoneConfiguration(kind: .normal, pfns: PFN(1000)..<PFN(4096)),
+    ], cpuCount: 2, backing: .none, sectionPages: 1024, holes: [PFN(2048)..<PFN(3072)], checkPages: true)
 
   /// ``fuzzConfiguration`` without `checkPages`: the setting in which a free of a
   /// non-compound block reads its head only, whose bad frees must be contained as well.
@@ -238,10 +240,11 @@ package struct APISequence {
   /// order-0 page leaving its tails behind, a stale item freeing pages that now belong to
   /// a new one, may keep them allocated. Every other managed page must come back free or
   /// quarantined.
-  package private(set) var damagedPages = Set<PFN>()
+  package private(set) var damagedPages: PFNBitSet
 
   package init(_ allocator: PageAllocator) {
     self.allocator = allocator
+    damagedPages = PFNBitSet(allocator.pfnSpan)
     movable = MovablePageTable(allocator: allocator)
     salt = UInt64(UInt(bitPattern: ObjectIdentifier(movable).hashValue)) &* 0x9E37_79B9_7F4A_7C15
   }
@@ -569,9 +572,7 @@ package struct APISequence {
   /// item's release then frees them: a new item with a damaged page is damaged whole.
   mutating func hold(_ h: Held) {
     held.append(h)
-    if !damagedPages.isEmpty && pages(of: h).contains(where: { damagedPages.contains($0) }) {
-      damagedPages.formUnion(pages(of: h))
-    }
+    if !damagedPages.isEmpty && isDamaged(h) { markDamaged(h) }
   }
 
   /// The pages of a held item; a movable block's where its table has it now.
@@ -585,6 +586,33 @@ package struct APISequence {
     }
   }
 
+  /// The pfns of a held item that is one span (a page list is not): a movable block's
+  /// where its table has it now (empty when the table has no block for it).
+  func span(of h: Held) -> Range<Int>? {
+    switch h {
+    case .block(let p, let o, _, _): p.value..<(p.value + (1 << o))
+    case .run(let p, let n, _): p.value..<(p.value + max(n, 0))
+    case .pages: nil
+    case .movable(let id, let o):
+      movable.pfn(of: MovablePageTable.Handle(id: id)).map { $0.value..<($0.value + (1 << o)) } ?? 0..<0
+    }
+  }
+
+  /// Whether a page of the held item is damaged.
+  func isDamaged(_ h: Held) -> Bool {
+    if case .pages(let ps) = h { return ps.contains { damagedPages.contains($0) } }
+    return damagedPages.intersects(span(of: h)!)
+  }
+
+  /// Marks every page of the held item damaged.
+  mutating func markDamaged(_ h: Held) {
+    if case .pages(let ps) = h {
+      for p in ps { damagedPages.insert(p.value..<(p.value + 1)) }
+    } else {
+      damagedPages.insert(span(of: h)!)
+    }
+  }
+
   /// Every page in use because of what is held, ascending (movable blocks where they are).
   package func allocatedPFNs() -> [PFN] {
     held.allocatedPFNs { self.movable.pfn(of: MovablePageTable.Handle(id: $0)) }
@@ -592,14 +620,64 @@ package struct APISequence {
 
   /// Records the pages of every held item with a page in `range` as damaged.
   mutating func damage(_ range: Range<PFN>) {
+    let r = range.lowerBound.value..<max(range.lowerBound.value, range.upperBound.value)
     for h in held.items {
       let hit: Bool
       if case .movable = h {
-        hit = pages(of: h).contains { range.contains($0) }
+        hit = span(of: h)!.overlaps(r)
       } else {
         hit = HeldSet.overlaps(h, range)
       }
-      if hit { damagedPages.formUnion(pages(of: h)) }
+      if hit { markDamaged(h) }
     }
+  }
+}
+
+/// A set of pfns kept as a bitmap over an allocator's pfn span (pfns outside it are never
+/// members): the driver marks and tests damaged pages by the thousand per fuzz input, which
+/// a `Set<PFN>` made the largest cost of an execution after verify().
+package struct PFNBitSet: Sendable {
+  let base: Int
+  let end: Int
+  var words: [UInt64]
+  package private(set) var isEmpty = true
+
+  init(_ span: Range<PFN>) {
+    base = span.lowerBound.value
+    end = span.upperBound.value
+    words = [UInt64](repeating: 0, count: (span.count + 63) / 64)
+  }
+
+  package func contains(_ p: PFN) -> Bool {
+    guard p.value >= base && p.value < end else { return false }
+    let i = p.value - base
+    return words[i >> 6] & (1 << UInt64(i & 63)) != 0
+  }
+
+  /// Adds the pfns of `r` that lie in the span.
+  mutating func insert(_ r: Range<Int>) {
+    var i = max(r.lowerBound, base) - base
+    let stop = min(r.upperBound, end) - base
+    while i < stop {
+      if i & 63 == 0 && stop - i >= 64 {
+        words[i >> 6] = ~0
+        i += 64
+      } else {
+        words[i >> 6] |= 1 << UInt64(i & 63)
+        i += 1
+      }
+      isEmpty = false
+    }
+  }
+
+  /// Whether a pfn of `r` is in the set.
+  func intersects(_ r: Range<Int>) -> Bool {
+    var i = max(r.lowerBound, base)
+    let stop = min(r.upperBound, end)
+    while i < stop {
+      if words[(i - base) >> 6] & (1 << UInt64((i - base) & 63)) != 0 { return true }
+      i += 1
+    }
+    return false
   }
 }

@@ -48,6 +48,11 @@ struct Bench: ParsableCommand {
   @Flag(help: "List the suites and exit.")
   var list = false
 
+  /// A deliberately broken run, to show that every suite's result check works and that a
+  /// failed check exits with status 2 (the CLI tests use it).
+  @Option(help: .hidden)
+  var sabotage: String?
+
   func validate() throws {
     if let suite, BenchRegistry.suite(named: suite) == nil {
       throw ValidationError(
@@ -58,6 +63,10 @@ struct Bench: ParsableCommand {
       throw ValidationError("--order must be in 0...\(PageGeometry.maxOrder), not \(order)")
     }
     if !(1...256).contains(threads) { throw ValidationError("--threads must be in 1...256, not \(threads)") }
+    if let sabotage, BenchSabotage(rawValue: sabotage) == nil {
+      throw ValidationError(
+        "--sabotage: \(BenchSabotage.allCases.map(\.rawValue).joined(separator: " or ")), not \(sabotage)")
+    }
   }
 
   func run() throws {
@@ -79,6 +88,7 @@ struct Bench: ParsableCommand {
     let progress: (@Sendable (String, Double) -> Void)? = isatty(1) != 0 ? Progress.show : nil
     var base = BenchOptions(
       iterations: iterations, order: order, allOrders: allOrders, threads: threads, quick: quick, progress: nil)
+    base.sabotage = sabotage.flatMap { BenchSabotage(rawValue: $0) }
     var results: [BenchResult] = []
     for (i, s) in selected.enumerated() {
       var opts = base

@@ -27,6 +27,22 @@ import PageAllocTestSupport
     #expect(!suite.ratios(results).isEmpty)
   }
 
+  /// A deliberately broken run (a page leaked, or freed twice, just before the suite's
+  /// result check): every suite must throw a BenchError naming it, not report figures.
+  @Test(arguments: BenchRegistry.suites.map(\.name), BenchSabotage.allCases)
+  func aBrokenRunThrows(_ name: String, _ sabotage: BenchSabotage) throws {
+    let suite = try #require(BenchRegistry.suite(named: name))
+    var o = Self.tiny
+    o.sabotage = sabotage
+    #expect {
+      _ = try suite.run(o)
+    } throws: { error in
+      guard let e = error as? BenchError else { return false }
+      let expected = sabotage == .leakPage ? "pages free after the run" : "bad-page report"
+      return e.suite == name && e.message.contains(expected)
+    }
+  }
+
   @Test func suiteVariants() throws {
     let variants = { (name: String) throws -> Set<String> in
       Set(try BenchRegistry.suite(named: name)!.run(Self.tiny).map(\.variant))

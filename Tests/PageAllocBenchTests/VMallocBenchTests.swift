@@ -6,7 +6,7 @@ import PageAllocTestSupport
 @Suite struct VMallocBenchTests {
   @Test("the vmalloc suite runs every test_vmalloc case with every variant")
   func quickRun() throws {
-    let results = VMallocBench.run(quick: true)
+    let results = try VMallocBench.run(quick: true)
     #expect(results.count == 10 * VMallocBench.Variant.allCases.count)
     #expect(results.allSatisfy { $0.suite == "vmalloc" && $0.iterations > 0 && $0.totalNanoseconds > 0 })
     let ratios = VMallocBench.ratios(results)

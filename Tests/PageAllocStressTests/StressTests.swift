@@ -88,23 +88,20 @@ import _PageAllocUtilities
   @Test(arguments: [2, 3])
   func mixedAllocFreeContigAccountsForEveryPage(threads: Int) throws {
     let a = try makeAllocator(pages: 1 << 15, cpus: 2)
-    let verifyErrors = LockedState<[String]>([])
     let contigs = Atomic<Int>(0)
-    try runOnThreads(threads + 1) { t in
-      if t == threads {
-        // The verifier: verify() takes every lock, so it must see a consistent state.
-        for _ in 0..<20 {
-          do { try a.verify() } catch { verifyErrors.withLock { $0.append("\(error)") } }
-        }
-        return
-      }
+    let allocs = Atomic<Int>(0)
+    let invalid = Atomic<Int>(0)
+    // verify() takes every lock, so it must see a consistent state while the workers run.
+    let (verifyErrors, verifications) = try withVerifier(a, workers: threads, minimum: 20) { t in
       var rng = StressRandom(seed: UInt64(t + 1))
       var d = APISequence(a)
       for _ in 0..<6000 {
         let last = d.held.count - 1
         switch rng.below(12) {
         case 0..<4:
-          d.step(.alloc(order: rng.below(6), gfp: [.kernel, .noWarn], frozen: false))
+          if d.step(.alloc(order: rng.below(6), gfp: [.kernel, .noWarn], frozen: false)).outcome == .done {
+            allocs.wrappingAdd(1, ordering: .relaxed)
+          }
         case 4..<7:
           // The newest item; a block is split (then freed as a range) half the time.
           if rng.chance(0.5) { d.step(.split(pick: last)) }
@@ -119,7 +116,12 @@ import _PageAllocUtilities
         case 9:
           let start = PFN(rng.below(1 << 15))
           let n = 1 + rng.below(600)
-          if start.value + n <= 1 << 15 { d.step(.allocContigRange(start..<(start + n), gfp: .kernel, frozen: false)) }
+          if start.value + n <= 1 << 15,
+            d.step(.allocContigRange(start..<(start + n), gfp: .kernel, frozen: false)).outcome == .invalid
+          {
+            // A range inside the zone with GFP_KERNEL is valid: busy or taken, never refused.
+            invalid.wrappingAdd(1, ordering: .relaxed)
+          }
         default:
           let before = d.held.count
           d.step(.allocBulk(count: 1 + rng.below(32), gfp: .kernel))
@@ -128,8 +130,11 @@ import _PageAllocUtilities
       }
       d.releaseAll()
     }
-    #expect(verifyErrors.withLock { $0 } == [])
+    #expect(verifyErrors == [])
+    #expect(verifications >= 20)
     #expect(contigs.load(ordering: .relaxed) > 0)
+    #expect(allocs.load(ordering: .relaxed) > threads * 1000)
+    #expect(invalid.load(ordering: .relaxed) == 0)
     a.drainAllPages()
     try a.verify()
     #expect(a.badPageCount == 0)

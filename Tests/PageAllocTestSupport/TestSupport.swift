@@ -1,6 +1,8 @@
 import PageAlloc
 import PageAllocStress
 import PageAllocVMalloc
+import Glibc
+import Synchronization
 import Testing
 import _PageAllocUtilities
 
@@ -39,16 +41,27 @@ package func makeTracedAllocator(pages: Int = 1 << 16, cpus: Int = 1) throws -> 
   return (a, t)
 }
 
-/// The fuzzer's allocator (`APISequence.fuzzConfiguration`), for the regressions it found;
-/// `checkPages: false` gives the same allocator with the kernel's default setting.
+/// The allocator the API-sequence fuzzer ran on when it found the regressions of
+/// HostileInputTests (its pool is smaller now): a DMA zone ending at pfn 1000 inside a
+/// pageblock shared with Normal, a Normal zone up to 8192 with a memmap hole at
+/// 4096..<5120, 1024-page sections, two CPUs; every page of a block checked, or with
+/// `checkPages: false` the kernel's default setting.
 package func makeFuzzAllocator(checkPages: Bool = true) throws -> PageAllocator {
   try PageAllocator(
-    configuration: checkPages ? APISequence.fuzzConfiguration : APISequence.fuzzConfigurationWithoutPageChecks)
+    configuration: .init(
+      zones: [
+        ZoneConfiguration(kind: .dma, pfns: PFN(0)..<PFN(1000)),
+        ZoneConfiguration(kind: .normal, pfns: PFN(1000)..<PFN(8192)),
+      ], cpuCount: 2, backing: .none, sectionPages: 1024, holes: [PFN(4096)..<PFN(5120)], checkPages: checkPages))
 }
 
 /// Allocates order-10 blocks until every page of `range` is allocated, splits them, and
 /// frees (and drains) every page outside `range`: afterwards exactly `range`'s pages are
 /// in use, each with refcount 1, and nothing is on a pcp list.
+///
+/// The pcp's recent-free count (`free_count`) is brought back near zero too (every pcp
+/// allocation halves it): the thousand frees above would otherwise make the caller's next
+/// high-order frees a free_high burst that drains the list at once.
 package func claimExactly(_ a: PageAllocator, _ range: Range<PFN>) throws {
   var needed = Set<Int>()
   var b = range.lowerBound.value & ~1023
@@ -72,28 +85,56 @@ package func claimExactly(_ a: PageAllocator, _ range: Range<PFN>) throws {
     }
   }
   a.drainAllPages()
+  var quiet: [PFN] = []
+  for _ in 0..<16 { quiet.append(try #require(a.allocPages(order: 0, gfp: .kernel))) }
+  for p in quiet { a.putPage(p) }
+  a.drainAllPages()
   #expect(a.pcpBlocks().isEmpty)
 }
 
-/// The canonical maximal-aligned decomposition of a set of free pfns: each maximal run,
-/// cut at zone and section boundaries, decomposed greedily (what a fully merged buddy
-/// holds).
+/// The canonical free state of a buddy allocator holding exactly the free pfns `free`:
+/// every aligned block of order 10 (MAX_PAGE_ORDER) whose pages are all free and which
+/// does not straddle a section or zone boundary, then the same one order lower inside each
+/// block that was not whole, down to single pages (what a fully merged buddy holds).
+///
+/// Written top-down from the definition, independently of the allocator's own bottom-up
+/// chunking (`PageAllocator.chunkOrder`), so that a mistake common to the allocator and
+/// its tests cannot hide.
 package func canonicalBlocks(free: [Int], sectionPages: Int, zoneBounds: [Int] = []) -> [(Int, Int)] {
-  let sorted = free.sorted()
+  guard let lo = free.min(), let hi = free.max() else { return [] }
+  let base = lo & ~1023
+  let end = (hi + 1024) & ~1023
+  // prefix[i]: free pages in base..<base+i.
+  var isFree = [Bool](repeating: false, count: end - base)
+  for p in free { isFree[p - base] = true }
+  var prefix = [0]
+  prefix.reserveCapacity(isFree.count + 1)
+  for f in isFree { prefix.append(prefix.last! + (f ? 1 : 0)) }
+  // Sections hold at least 1024 pages (the allocator refuses less), so no block of order
+  // 10 or below straddles one; zone boundaries may fall anywhere.
+  precondition(sectionPages >= 1024 && sectionPages & (sectionPages - 1) == 0)
   var out: [(Int, Int)] = []
-  var i = 0
-  while i < sorted.count {
-    let start = sorted[i]
-    var j = i + 1
-    while j < sorted.count && sorted[j] == sorted[j - 1] + 1 && sorted[j] % sectionPages != 0
-      && !zoneBounds.contains(sorted[j])
-    {
-      j += 1
+  func walk(_ b: Int, _ order: Int) {
+    let n = 1 << order
+    let freeHere = prefix[b + n - base] - prefix[b - base]
+    if freeHere == 0 { return }
+    let straddles = zoneBounds.contains { $0 > b && $0 < b + n }
+    if freeHere == n && !straddles {
+      out.append((b, order))
+      return
     }
-    for c in PageAllocator.chunks(of: PFN(start)..<PFN(start + (j - i))) { out.append((c.pfn.value, c.order)) }
-    i = j
+    walk(b, order - 1)
+    walk(b + n / 2, order - 1)
   }
+  for b in stride(from: base, to: end, by: 1024) { walk(b, 10) }
   return out
+}
+
+/// The chunks a chunked free must hand on for a run of freeable pages `[start, end)`: the
+/// fewest aligned power-of-two blocks of order 10 at most that tile it, in pfn order.
+/// Computed top-down like ``canonicalBlocks(free:sectionPages:zoneBounds:)``.
+package func expectedChunks(_ run: Range<Int>, sectionPages: Int = 1 << 15) -> [[Int]] {
+  blocks(canonicalBlocks(free: Array(run), sectionPages: sectionPages))
 }
 
 package func blocks(_ b: [(pfn: PFN, order: Int)]) -> [[Int]] { b.map { [$0.pfn.value, $0.order] } }
@@ -193,4 +234,47 @@ package func fragmentWithMovableOwners(
   }
   a.drainAllPages()
   return (kept, keptUnmovable)
+}
+
+/// The chunks `freePagesBulk(pfns)` must hand on when every page is freeable: the array
+/// cut into stretches of consecutive ascending pfns (cut again at section boundaries),
+/// each stretch tiled by ``expectedChunks(_:sectionPages:)``, in array order.
+package func expectedBulkChunks(_ pfns: [Int], sectionPages: Int = 1 << 15) -> [[Int]] {
+  var out: [[Int]] = []
+  var i = 0
+  while i < pfns.count {
+    var j = i + 1
+    while j < pfns.count && pfns[j] == pfns[j - 1] + 1 && pfns[j] % sectionPages != 0 { j += 1 }
+    out += expectedChunks(pfns[i]..<(pfns[j - 1] + 1), sectionPages: sectionPages)
+    i = j
+  }
+  return out
+}
+
+/// Runs `body(t)` for t in 0..<workers, each on its own thread (all started together by
+/// `runOnThreads`' barrier), while one more thread calls `a.verify()` again and again
+/// until every worker has returned, and at least `minimum` times. Returns the verify
+/// errors and how many verifications ran (some of them while workers were running, on
+/// any machine where the workers take longer than `minimum` verifications).
+package func withVerifier(
+  _ a: PageAllocator, workers: Int, minimum: Int = 3, _ body: @escaping @Sendable (Int) -> Void
+) throws -> (errors: [String], verifications: Int) {
+  let running = Atomic<Int>(workers)
+  let verifications = Atomic<Int>(0)
+  let errors = LockedState<[String]>([])
+  try runOnThreads(workers + 1) { t in
+    guard t < workers else {
+      while running.load(ordering: .acquiring) > 0 || verifications.load(ordering: .relaxed) < minimum {
+        do { try a.verify() } catch { errors.withLock { $0.append("\(error)") } }
+        verifications.wrappingAdd(1, ordering: .relaxed)
+        // verify() holds every lock while it runs: a pause between two lets the workers
+        // (spinning on those locks) get on, or they would crawl.
+        usleep(2000)
+      }
+      return
+    }
+    body(t)
+    running.wrappingSubtract(1, ordering: .releasing)
+  }
+  return (errors.withLock { $0 }, verifications.load(ordering: .relaxed))
 }

@@ -30,7 +30,7 @@ import PageAllocTestSupport
     #expect(z.watermarkLow == 1024 + 262)
     #expect(z.watermarkHigh == 1024 + 524)
     #expect(z.batch == 63)  // zone_batchsize for >= 1 GiB
-    #expect(z.highMin == max(z.watermarkLow / 1, 4 * 63))
+    #expect(z.highMin == 1286)  // the low watermark (one CPU), above 4 * batch
     #expect(z.highMax == 262_144 / 8)
   }
 
@@ -39,9 +39,10 @@ import PageAllocTestSupport
     let z = a.zoneStatistics()[0]
     var got = 0
     while a.allocPages(order: 0, gfp: [.kernel, .noWarn]) != nil { got += 1 }
-    // GFP_KERNEL stops at the min watermark: free pages never drop to min or below.
-    let free = a.zoneStatistics()[0].nrFreePages + a.pcpPageCount
-    #expect(free >= z.watermarkMin - 1)
+    // GFP_KERNEL stops at the min watermark: it failed once, after draining the pcp
+    // lists (it may reclaim), with the zone's free pages down to min exactly.
+    #expect(a.pcpPageCount == 0)
+    #expect(a.zoneStatistics()[0].nrFreePages == z.watermarkMin)
     #expect(got > 0)
     #expect(a.allocationFailureCount == 1)
     // GFP_ATOMIC may go further, into the reserve.
@@ -51,6 +52,30 @@ import PageAllocTestSupport
     #expect(a.allocPages(order: 0, gfp: .kernel) == nil)
     #expect(a.lastAllocationFailure?.contains("page allocation failure: order:0") == true)
     try a.verify()
+  }
+
+  /// zone_watermark_ok() to the page: an order-4 request (no pcp) needs the free pages
+  /// less the request's 16 to stay at the min watermark or above (`free - 16 + 1 > min`):
+  /// it fails with min + 15 free and succeeds with min + 16.
+  @Test func theWatermarkCheckIsExactToThePage() throws {
+    let a = try makeAllocator(pages: 8192)
+    let min = a.zoneStatistics()[0].watermarkMin
+    #expect(a.claimFreeRange(0, count: 8192) == .claimed)
+    #expect(a.freePageCount == 0)
+    for p in 0..<(min + 15) { a.putPage(PFN(p)) }
+    a.drainAllPages()
+    #expect(a.zoneStatistics()[0].nrFreePages == min + 15)
+    #expect(a.allocPages(order: 4, gfp: [.kernel, .noWarn]) == nil)
+    a.putPage(PFN(min + 15))
+    a.drainAllPages()
+    #expect(a.zoneStatistics()[0].nrFreePages == min + 16)
+    let p = try #require(a.allocPages(order: 4, gfp: [.kernel, .noWarn]))
+    #expect(a.zoneStatistics()[0].nrFreePages == min)
+    a.freePages(p, order: 4)
+    for q in (min + 16)..<8192 { a.putPage(PFN(q)) }
+    a.drainAllPages()
+    try a.verify()
+    #expect(a.freePageCount == a.managedPageCount)
   }
 
   @Test func directReclaimRequestsDrainOtherCPUsPcpListsBeforeFailing() throws {

@@ -55,7 +55,10 @@ import PageAllocTestSupport
     try a.allocContigRange(PFN(1024)..<PFN(2048), gfp: [.kernel, .comp])
     #expect(a.refcount(of: PFN(1024)) == 1)
     #expect(a.refcount(of: PFN(1025)) == 0)
-    #expect(throws: ContigRangeError.self) { try a.allocContigRange(PFN(3)..<PFN(7), gfp: [.kernel, .comp]) }
+    #expect(
+      throws: ContigRangeError.invalidRange(
+        PFN(3)..<PFN(7), reason: "__GFP_COMP needs a naturally aligned power of two up to 2^10 pages")
+    ) { try a.allocContigRange(PFN(3)..<PFN(7), gfp: [.kernel, .comp]) }
     a.freePages(PFN(1024), order: 10)
     a.drainAllPages()
     try a.verify()
@@ -77,7 +80,6 @@ import PageAllocTestSupport
     let types = pageblockTypes(a)
     let stats = a.zoneStatistics()[0]
     let range = (inUse - 700)..<(inUse + 900)
-    #expect(throws: ContigRangeError.self) { try a.allocContigRange(range, gfp: .kernel) }
     do {
       try a.allocContigRange(range, gfp: .kernel)
     } catch {
@@ -127,11 +129,26 @@ import PageAllocTestSupport
         zones: [
           ZoneConfiguration(kind: .dma, pfns: 0..<4096), ZoneConfiguration(kind: .normal, pfns: 4096..<32768),
         ], cpuCount: 2, backing: .none, sectionPages: 4096, holes: [PFN(8192)..<PFN(12288)]))
-    #expect(throws: ContigRangeError.self) { try a.allocContigRange(PFN(10)..<PFN(10), gfp: .kernel) }
-    #expect(throws: ContigRangeError.self) { try a.allocContigRange(PFN(4000)..<PFN(4200), gfp: .kernel) }
-    #expect(throws: ContigRangeError.self) { try a.allocContigRange(PFN(8000)..<PFN(8300), gfp: .kernel) }
-    #expect(throws: ContigRangeError.self) { try a.allocContigRange(PFN(40000)..<PFN(40010), gfp: .kernel) }
-    #expect(throws: ContigRangeError.self) { try a.allocContigRange(PFN(5000)..<PFN(5010), gfp: .atomic) }
+    // Each cause with its own error: a regression that let one reach isolation (and come
+    // back busy) would show.
+    func invalid(_ r: Range<PFN>, _ why: String) -> ContigRangeError { .invalidRange(r, reason: why) }
+    #expect(throws: invalid(PFN(10)..<PFN(10), "empty range")) {
+      try a.allocContigRange(PFN(10)..<PFN(10), gfp: .kernel)
+    }
+    #expect(throws: invalid(PFN(4000)..<PFN(4200), "not inside one zone")) {
+      try a.allocContigRange(PFN(4000)..<PFN(4200), gfp: .kernel)
+    }
+    #expect(throws: invalid(PFN(8000)..<PFN(8300), "pfn 0x2000 is in a memmap hole")) {
+      try a.allocContigRange(PFN(8000)..<PFN(8300), gfp: .kernel)
+    }
+    #expect(throws: invalid(PFN(40000)..<PFN(40010), "not inside one zone")) {
+      try a.allocContigRange(PFN(40000)..<PFN(40010), gfp: .kernel)
+    }
+    #expect {
+      try a.allocContigRange(PFN(5000)..<PFN(5010), gfp: .atomic)
+    } throws: { error in
+      if case .invalidGFP = error as? ContigRangeError { true } else { false }
+    }
     try a.verify()
     #expect(a.freePageCount == a.managedPageCount)
   }
@@ -175,7 +192,9 @@ extension ContigRangeTests {
     let p = try #require(a.allocContigPages(count: 16, gfp: [.kernel, .comp]))
     #expect(p.value % 16 == 0)
     a.freePages(p, order: 4)
-    #expect(throws: ContigRangeError.self) { try a.allocContigRange(PFN(0)..<PFN(Int.max), gfp: .kernel) }
+    #expect(throws: ContigRangeError.invalidRange(PFN(0)..<PFN(Int.max), reason: "not inside one zone")) {
+      try a.allocContigRange(PFN(0)..<PFN(Int.max), gfp: .kernel)
+    }
     a.drainAllPages()
     try a.verify()
     #expect(a.freePageCount == a.managedPageCount)

@@ -57,9 +57,21 @@ import PageAllocTestSupport
     let pick = runs[rng.below(runs.count)]
     let page = rng.below(1 << 10)
     let (range, _) = try #require(held.stretch(pick: pick, page: page, count: 3000))
-    d[0].step(.freeStretch(pick: pick, page: page, count: 3000, way: .plain, choice: 0))
+    let chunks = chunksFreed(chunked) {
+      d[0].step(.freeStretch(pick: pick, page: page, count: 3000, way: .plain, choice: 0))
+    }
     d[1].step(.freeStretch(pick: pick, page: page, count: 3000, way: .perPage, choice: 0))
     #expect(d[0].held == d[1].held)
+    // The chunked free handed on each run of the pages it freed (those of the range it no
+    // longer holds) as the fewest aligned blocks, cut at the 1024-page sections; before any
+    // drain, the chunked allocator's pcp lists hold no page of the range but as one of
+    // those chunks, and the per-page one's only order-0 pages.
+    let stillHeld = Set(d[0].held.allocatedPFNs())
+    let freed = range.filter { !stillHeld.contains($0) }.map(\.value)
+    #expect(chunks == expectedBulkChunks(freed, sectionPages: 1024), "seed \(seed)")
+    #expect(
+      chunked.pcpBlocks().filter { range.contains($0.pfn) }.allSatisfy { chunks.contains([$0.pfn.value, $0.order]) })
+    #expect(perPage.pcpBlocks().filter { range.contains($0.pfn) }.allSatisfy { $0.order == 0 })
     for a in [chunked, perPage] {
       #expect(a.badPageCount == 0)
       try a.verify()

@@ -79,6 +79,7 @@ import PageAllocTestSupport
     a.freePages(p, order: 3)
     a.freePages(q, order: 0)
     let pcpBlocks = a.pcpBlocks()
+    #expect(!pcpBlocks.isEmpty)
     t.removeAll()
     a.drainAllPages()
     let drains = t.snapshot.filter { $0.kind == .pagePcpuDrain }
@@ -124,6 +125,56 @@ import PageAllocTestSupport
       line == "            bash-20222   [001] .....  2070.739071: mm_page_free: page=\(page) pfn=0x104722 order=0")
   }
 
-  /// The bench kernel runs and reports its variants (figures are not asserted).
+  /// The other chunked frees trace like freeContigRange: freePagesBulk and
+  /// freeContigFrozenRange, one mm_page_free of order 0 per page, in the order freed.
+  @Test func bulkAndFrozenRangeTraceEveryPage() throws {
+    let (a, t) = try makeTracedAllocator()
+    try claimExactly(a, 0x100..<0x110)
+    let shuffled = [0x108, 0x109, 0x10a, 0x10b, 0x10c, 0x10d, 0x10e, 0x10f, 0x100, 0x101, 0x102, 0x103]
+    t.removeAll()
+    a.freePagesBulk(shuffled.map { PFN($0) })
+    #expect(t.snapshot == shuffled.map { TraceEvent(kind: .pageFree, pfn: PFN($0), order: 0, cpu: 0) })
+    try a.allocContigFrozenRange(PFN(0x2003)..<PFN(0x2010), gfp: .kernel)
+    t.removeAll()
+    a.freeContigFrozenRange(0x2003, count: 13)
+    #expect(t.snapshot == (0x2003..<0x2010).map { TraceEvent(kind: .pageFree, pfn: PFN($0), order: 0, cpu: 0) })
+    try a.verify()
+  }
 
+  /// alloc_pages_bulk: one mm_page_alloc per page it returns.
+  @Test func allocPagesBulkTracesEachPage() throws {
+    let (a, t) = try makeTracedAllocator()
+    var pages: [PFN] = []
+    #expect(a.allocPagesBulk(count: 20, gfp: .kernel, into: &pages) == 20)
+    let allocs = t.snapshot.filter { $0.kind == .pageAlloc }
+    #expect(allocs.map { $0.pfn! } == pages)
+    #expect(allocs.allSatisfy { $0.order == 0 })
+  }
+
+  /// An order above MAX_PAGE_ORDER fails before the trace point (the kernel warns and
+  /// returns NULL at the top of __alloc_frozen_pages).
+  @Test func anOrderAboveTenIsNotTraced() throws {
+    let (a, t) = try makeTracedAllocator()
+    #expect(a.allocPages(order: 11, gfp: [.kernel, .noWarn]) == nil)
+    #expect(t.snapshot.isEmpty)
+  }
+
+  /// A block stolen from a fallback type does not go through __rmqueue_smallest: no
+  /// mm_page_alloc_zone_locked, only mm_page_alloc_extfrag (one per block the refill
+  /// stole, fragmenting, without change of ownership), then the allocation.
+  @Test func aStolenBlockIsNotTracedAsZoneLocked() throws {
+    var types = [Int: MigrateType]()
+    for pb in 0..<16 { types[pb] = .unmovable }
+    let a = try MigratetypeFallbackTests().shaped(types, free: (0..<8).map { ($0 * 512)..<($0 * 512 + 200) })
+    let t = TraceBuffer()
+    a.setTraceSink(t)
+    let before = a.zoneStatistics()[0].fallbackAllocs
+    let p = try #require(a.allocPages(order: 0, gfp: .highUserMovable))
+    #expect(a.zoneStatistics()[0].fallbackAllocs > before)
+    let kinds = t.snapshot.map(\.kind)
+    #expect(!kinds.contains(.pageAllocZoneLocked))
+    #expect(kinds.last == .pageAlloc && kinds.dropLast().allSatisfy { $0 == .pageAllocExtfrag } && kinds.count > 1)
+    #expect(t.snapshot.last?.pfn == p)
+    #expect(t.snapshot.dropLast().allSatisfy { $0.formatted.hasSuffix("fragmenting=1 change_ownership=0") })
+  }
 }

@@ -78,6 +78,24 @@ final class CompactionCounters: Sendable {
   let kcompactdWake = Atomic<Int>(0)
   let kcompactdMigrateScanned = Atomic<Int>(0)
   let kcompactdFreeScanned = Atomic<Int>(0)
+
+  /// Every counter back to zero.
+  func reset() {
+    pgmigrateSuccess.store(0, ordering: .relaxed)
+    pgmigrateFail.store(0, ordering: .relaxed)
+    thpMigrationSuccess.store(0, ordering: .relaxed)
+    thpMigrationFail.store(0, ordering: .relaxed)
+    thpMigrationSplit.store(0, ordering: .relaxed)
+    compactMigrateScanned.store(0, ordering: .relaxed)
+    compactFreeScanned.store(0, ordering: .relaxed)
+    compactIsolated.store(0, ordering: .relaxed)
+    compactStall.store(0, ordering: .relaxed)
+    compactFail.store(0, ordering: .relaxed)
+    compactSuccess.store(0, ordering: .relaxed)
+    kcompactdWake.store(0, ordering: .relaxed)
+    kcompactdMigrateScanned.store(0, ordering: .relaxed)
+    kcompactdFreeScanned.store(0, ordering: .relaxed)
+  }
 }
 
 /// The owners of movable blocks (MovablePages.swift): for each pfn of the memmap the slot
@@ -172,6 +190,17 @@ final class MovableRegistry: @unchecked Sendable {
   }
 
   var registered: Int { owners.withLock { $0.registered } }
+
+  /// No registration left: the owners dropped and the per-pfn slots zeroed (MADV_DONTNEED
+  /// gives the private pages back, so a registry that was written costs nothing again).
+  func reset() {
+    owners.withLock { o in
+      o = Owners()
+      if madvise(slots, count * MemoryLayout<UInt32>.stride, MADV_DONTNEED) != 0 {
+        memset(slots, 0, count * MemoryLayout<UInt32>.stride)
+      }
+    }
+  }
 }
 
 /// kcompactd's node state (`pgdat->kcompactd_*`, `proactive_compact_trigger`) and its wait
@@ -254,5 +283,25 @@ final class CompactionState: @unchecked Sendable {
   deinit {
     zones.deinitialize(count: zoneCount)
     zones.deallocate()
+  }
+
+  /// The state of a new allocator again, for `PageAllocator.resetToBoot()`: no movable
+  /// owner registered, the scanners' cached positions at the zone edges, no deferral, the
+  /// counters at zero and kcompactd with nothing asked of it. (The skip bits live in the
+  /// pageblock bytes, which the memmap's reset clears.)
+  func resetToBoot(zones z: UnsafeMutablePointer<Zone>) {
+    for i in 0..<zoneCount {
+      (zones + i).deinitialize(count: 1)
+      (zones + i).initialize(to: ZoneCompaction(start: z[i].start, end: z[i].end))
+    }
+    counters.reset()
+    owners.reset()
+    let k = kcompactd
+    k.withLock {
+      k.maxOrder = 0
+      k.highestZoneIdx = zoneCount - 1
+      k.proactiveTrigger = false
+      k.woken = false
+    }
   }
 }

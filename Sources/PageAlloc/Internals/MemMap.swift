@@ -71,6 +71,17 @@ struct MemMap {
     pageblocks = pb.bindMemory(to: Atomic<UInt8>.self, capacity: blocks)
   }
 
+  /// Every record back to zero and every pageblock Movable, as `init` leaves them.
+  func clear() {
+    let sectionBytes = (1 << sectionShift) * MemoryLayout<PageRecord>.stride
+    for s in 0..<sectionCount {
+      if let r = sections[s] { memset(r, 0, sectionBytes) }
+    }
+    for b in 0..<max((endPFN - basePFN) >> PageGeometry.pageblockOrder, 1) {
+      pageblocks[b].store(UInt8(MigrateType.movable.rawValue), ordering: .relaxed)
+    }
+  }
+
   func deallocate() {
     if let region { munmap(region, regionBytes) }
     sections.deallocate()
