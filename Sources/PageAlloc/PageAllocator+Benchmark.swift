@@ -17,13 +17,15 @@ extension PageAllocator {
     precondition(order >= 0 && order <= PageGeometry.maxOrder)
     let mt = gfp.migrateType.rawValue
     let highest = gfp.highestZone.rawValue
+    let preferred = zonelist(for: highest).preferred
+    let fast = preferred >= 0 ? noFragmentFlags(zones + preferred) : []
     var pass = 0
     while pass < 2 {
       for zi in zonelist(for: highest) {
         let z = zones + zi
         let mark = pass == 0 ? z.pointee.wmarkLow : reserveMark(z.pointee.wmarkMin, gfp)
         let highMark = pass == 0 ? z.pointee.wmarkHigh : reserveMark(z.pointee.wmarkHigh, gfp)
-        let flags = pass == 0 ? noFragmentFlags(zones + zonelist(for: highest).preferred) : []
+        let flags = pass == 0 ? fast : []
         if zoneAllocOK(z, order, mark, highMark, highest), let pfn = rmqueueBuddy(z, order, mt, flags) {
           if _slowPath(checksPages) && !checkNewPages(pfn, order, zi) { continue }
           prepNewPage(pfn, order, gfp, frozen: false)

@@ -35,17 +35,6 @@ static inline __attribute__((always_inline)) int cpa_current_cpu(void) {
   return c < 0 ? 0 : c;
 }
 
-/// A spin-wait hint (the kernel's cpu_relax()): PAUSE on x86, YIELD on arm64. It tells the
-/// core that this thread is spinning, which saves power, gives the sibling hyperthread the
-/// pipeline, and avoids the memory-order flush when the awaited lock word changes.
-static inline __attribute__((always_inline)) void cpa_cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield" ::: "memory");
-#endif
-}
-
 /// memfd_create(name, MFD_CLOEXEC); -1 and errno on failure.
 int cpa_memfd_create(const char *name);
 
