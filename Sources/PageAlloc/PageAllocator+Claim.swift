@@ -123,45 +123,16 @@ extension PageAllocator {
     }
   }
 
-  /// Unlinks a block from whichever pcp list of zone `zi` holds it (pcp locks held).
-  ///
-  /// The list is found by walking from the block towards both ends at once and matching
-  /// the end reached against the heads and tails of the lists of that order: recently
-  /// freed blocks sit near the head, so the walk is usually short.
+  /// Unlinks a block from whichever pcp list of zone `zi` holds it (pcp locks held; the
+  /// list found by ``findPcpList(_:_:_:)``).
   private func unlinkPcpBlock(_ zi: Int, _ pfn: Int, _ order: Int) {
-    var a = UInt32(truncatingIfNeeded: pfn)
-    var b = a
-    var head = PageRecord.nilLink
-    var tail = PageRecord.nilLink
-    while true {
-      let ra = memMap.presentRecord(Int(a))
-      if ra.pointee.prev == PageRecord.nilLink {
-        head = a
-        break
-      }
-      let rb = memMap.presentRecord(Int(b))
-      if rb.pointee.next == PageRecord.nilLink {
-        tail = b
-        break
-      }
-      a = ra.pointee.prev
-      b = rb.pointee.next
+    guard let (cpu, li) = findPcpList(zi, pfn, order) else {
+      preconditionFailure("pcp block \(PFN(pfn)) order \(order) is on no pcp list of its zone")
     }
-    for cpu in 0..<cpuCount {
-      let pc = pcp(cpu * zoneCount + zi)
-      for li in 0..<PCPList.count where pindexToOrder(li) == order {
-        let l = pc.pointee.lists + li
-        if (head != PageRecord.nilLink && l.pointee.head == head)
-          || (tail != PageRecord.nilLink && l.pointee.tail == tail)
-        {
-          let r = memMap.presentRecord(pfn)
-          unlink(l, r)
-          r.pointee.flags.store(0, ordering: .relaxed)
-          pc.pointee.count = pc.pointee.count &- (1 &<< order)
-          return
-        }
-      }
-    }
-    preconditionFailure("pcp block \(PFN(pfn)) order \(order) is on no pcp list of its zone")
+    let pc = pcp(cpu &* zoneCount &+ zi)
+    let r = memMap.presentRecord(pfn)
+    unlink(pc.pointee.lists + li, r)
+    r.pointee.flags.store(0, ordering: .relaxed)
+    pc.pointee.count = pc.pointee.count &- (1 &<< order)
   }
 }
