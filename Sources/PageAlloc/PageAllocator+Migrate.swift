@@ -278,18 +278,31 @@ extension PageAllocator {
     if let from = arena.address(of: src.pfn), let to = arena.address(of: dst) {
       memcpy(to, from, PageGeometry.pageSize << src.order)
     }
-    let rc = src.owner.migratePage(from: PFN(src.pfn), to: PFN(dst), order: src.order, mode: mode)
-    if rc == .success { finishMigration(src, dst, reason) }
-    return rc
-  }
-
-  /// The owner moved to `dst`: the registration follows it, the target's reference becomes
-  /// the owner's, and the source loses the owner's and the isolation's references.
-  func finishMigration(_ src: IsolatedMovable, _ dst: Int, _ reason: MigrateReason) {
+    // The target is made the block before the owner learns of it, as the kernel copies
+    // the folio's flags and page_owner record before the new folio becomes visible: once
+    // `migratePage` has repointed the owner, another thread may free `dst` at once, and
+    // nothing here may touch it after that. Until then the owner does not know `dst`, so a
+    // compaction on another thread that finds it movable is refused by the owner.
     compaction.owners.move(src.pfn, to: dst)
     // page_owner: the new block takes over the old one's record, with the reason.
     ownerMigrate(from: src.pfn, to: dst, order: src.order, reason: reason)
-    memMap.presentRecord(dst).pointee.flags.bitwiseOr(PG.movable, ordering: .releasing)
+    let d = memMap.presentRecord(dst)
+    d.pointee.flags.bitwiseOr(PG.movable, ordering: .releasing)
+    let rc = src.owner.migratePage(from: PFN(src.pfn), to: PFN(dst), order: src.order, mode: mode)
+    if rc == .success {
+      finishMigration(src)
+    } else {
+      // Refused: `dst` was never the owner's; the registration goes back to the source.
+      d.pointee.flags.bitwiseAnd(~PG.movable, ordering: .releasing)
+      compaction.owners.move(dst, to: src.pfn)
+    }
+    return rc
+  }
+
+  /// The owner moved to the target (which holds the registration and the target's
+  /// reference, now the owner's): the source loses the owner's and the isolation's
+  /// references.
+  func finishMigration(_ src: IsolatedMovable) {
     let r = memMap.presentRecord(src.pfn)
     r.pointee.flags.bitwiseAnd(~PG.movableMask, ordering: .releasing)
     putRef(src.pfn, "migrate")

@@ -317,6 +317,43 @@ final class RefusingOwner: MovablePageOwner, @unchecked Sendable {
     #expect(a.badPageCount == 0)
   }
 
+  /// The moment the owner's table points at the new pfn, another thread may free the block
+  /// there: migration must have finished with the target before `migratePage` returns.
+  /// This owner frees the target inside `migratePage` (the extreme of that race): the
+  /// target's registration, page_owner record and movable flag must already be its, so the
+  /// free ends the registration and leaves a clean free page.
+  @Test(arguments: [false, true])
+  func anOwnerFreeingTheTargetAtOnceLeavesItClean(pageOwner: Bool) throws {
+    var c = PageAllocator.Configuration.normal(pages: 1 << 14, cpuCount: 1, backing: .memfd)
+    c.pageOwner = pageOwner
+    c.checkPages = true
+    let a = try PageAllocator(configuration: c)
+    final class FreeAtOnce: MovablePageOwner, @unchecked Sendable {
+      unowned let a: PageAllocator
+      let sawTarget = Atomic<Int>(0)
+      init(_ a: PageAllocator) { self.a = a }
+      func isolatePage(_ pfn: PFN, order: Int, mode: MigrationMode) -> Bool { true }
+      func migratePage(from s: PFN, to d: PFN, order: Int, mode: MigrationMode) -> MigrationResult {
+        if a.isMovable(d) { sawTarget.wrappingAdd(1, ordering: .relaxed) }
+        a.freePages(d, order: order)
+        return .success
+      }
+      func putBackPage(_ pfn: PFN, order: Int) {}
+    }
+    let owner = FreeAtOnce(a)
+    let p = try #require(a.allocPages(order: 0, gfp: .highUserMovable, owner: owner))
+    let range = PFN(p.value & ~511)..<PFN((p.value & ~511) + 512)
+    try a.allocContigRange(range, gfp: .kernel)
+    #expect(owner.sawTarget.load(ordering: .relaxed) == 1)
+    #expect(a.compactionStatistics().pgmigrateSuccess == 1)
+    #expect(a.movableBlockCount == 0)
+    a.freeContigRange(range.lowerBound, count: 512)
+    a.drainAllPages()
+    try a.verify()
+    #expect(a.freePageCount == a.managedPageCount)
+    #expect(a.badPageCount == 0)
+  }
+
   // MARK: alloc_contig_range
 
   @Test func contigRangeMigratesMovablePagesOut() throws {
