@@ -99,8 +99,10 @@ extension PageAllocator {
   func rangeHasMovablePage(_ start: Int, _ end: Int) -> Bool {
     var p = start
     while p < end {
-      if memMap.presentRecord(p).pointee.flags.load(ordering: .relaxed) & PG.movable != 0 { return true }
-      p &+= 1
+      let w = memMap.presentRecord(p).pointee.flags.load(ordering: .relaxed)
+      if w & PG.movable != 0 { return true }
+      // A free block holds no page in use: skipped whole.
+      p &+= w & PG.buddy != 0 ? 1 &<< PG.order(w) : 1
     }
     return false
   }
