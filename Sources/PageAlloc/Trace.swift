@@ -199,8 +199,7 @@ extension PageAllocator {
   }
 
   @usableFromInline @inline(never)
-  func emit(_ e: TraceEvent) {
-    var e = e
+  func emit(_ e: consuming TraceEvent) {
     if e.cpu < 0 { e.cpu = Int(cpa_current_cpu()) % cpuCount }
     let sink = traceSinkBox.withLock { $0.sink }
     sink?.record(e)
@@ -275,7 +274,7 @@ extension TraceEvent {
     @usableFromInline var count: Int
     @usableFromInline var storage: (Int, Int, Int, Int, Int, Int, Int, Int)
 
-    @inlinable init(_ values: [Int]) {
+    @inlinable @inline(__always) init(_ values: [Int]) {
       precondition(values.count <= Self.capacity, "a trace event carries at most 8 values")
       count = values.count
       storage = (0, 0, 0, 0, 0, 0, 0, 0)
