@@ -193,18 +193,8 @@ extension PageAllocator {
   func moveFreepagesBlock(_ zi: Int, _ block: Int, to: MigrateType) {
     let z = zones + zi
     guard block >= z.pointee.start, block + PageGeometry.pageblockPages <= z.pointee.end else { return }
-    let from = memMap.freeListTypeRaw(block)
-    var p = block
-    while p < block + PageGeometry.pageblockPages {
-      let w = memMap.presentRecord(p).pointee.flags.load(ordering: .relaxed)
-      if w & PG.buddy != 0 {
-        let o = PG.order(w)
-        moveFreeBlock(z, p, o, from: from, to: to.rawValue)
-        p += 1 << o
-      } else {
-        p += 1
-      }
-    }
+    moveFreeBlocks(
+      z, block..<(block + PageGeometry.pageblockPages), from: memMap.freeListTypeRaw(block), to: to.rawValue)
     memMap.setMigrateType(block, to)
   }
 

@@ -241,17 +241,7 @@ extension PageAllocator {
     if current >= PageGeometry.pageblockOrder {
       return RmqueuePeek(pfn: pfn, source: .claim, blockOrder: current, blockType: blockMt)
     }
-    let start = pfn & ~(PageGeometry.pageblockPages - 1)
-    let end = start + PageGeometry.pageblockPages
-    guard start >= z.pointee.start, end <= z.pointee.end else { return nil }
-    let (free, movable) = pageblockFreeAndMovable(start, end)
-    var alike = 0
-    if startMt == MigrateType.movable.rawValue {
-      alike = movable
-    } else if blockMt == MigrateType.movable.rawValue {
-      alike = PageGeometry.pageblockPages - free - movable
-    }
-    guard free + alike >= PageGeometry.pageblockPages / 2 else { return nil }
+    guard let block = claimablePageblock(z, pfn, startMt, blockMt) else { return nil }
     // The pageblock's free blocks join the tails of startMt's lists; __rmqueue_smallest
     // then takes the head of the smallest non-empty list, which is one of them only where
     // the list was empty.
@@ -261,7 +251,7 @@ extension PageAllocator {
       if head != PageRecord.nilLink {
         return RmqueuePeek(pfn: Int(head), source: .claim, blockOrder: o, blockType: startMt)
       }
-      if let m = firstFreeBlock(start, end, order: o) {
+      if let m = firstFreeBlock(block.lowerBound, block.upperBound, order: o) {
         return RmqueuePeek(pfn: m, source: .claim, blockOrder: o, blockType: startMt)
       }
       o &+= 1

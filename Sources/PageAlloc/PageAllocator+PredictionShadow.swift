@@ -277,22 +277,7 @@ extension PageAllocator {
     }
     start = max(start, z.pointee.start)
     end = min(end, z.pointee.end)
-    var p = start
-    while p < end {
-      guard let r = memMap.record(p) else {
-        p += 1
-        continue
-      }
-      let w = r.pointee.flags.load(ordering: .relaxed)
-      if w & PG.buddy != 0 {
-        let o = PG.order(w)
-        let from = memMap.freeListTypeRaw(p)
-        if from != mt { moveFreeBlock(z, p, o, from: from, to: mt) }
-        p += 1 << o
-      } else {
-        p += 1
-      }
-    }
+    moveFreeBlocks(z, start..<end, from: nil, to: mt)
     var b = start & ~(PageGeometry.pageblockPages - 1)
     while b < end {
       memMap.setMigrateType(b, MigrateType(rawValue: mt)!)

@@ -151,6 +151,49 @@ extension PageAllocator {
     return (free, movable)
   }
 
+  /// The pageblock of `pfn` (below pageblock order) when `try_to_claim_block()` may claim
+  /// it for `startMt` from `blockMt`, else nil: at least half of it free or "alike", as
+  /// `prep_move_freepages_block()` counts them. A pageblock straddling the zone's edge is
+  /// never claimed (prep_move_freepages_block() refuses it): re-typing it would strand the
+  /// other zone's free blocks on lists of the old type. The claim and its prediction both
+  /// decide here.
+  func claimablePageblock(
+    _ z: UnsafeMutablePointer<Zone>, _ pfn: Int, _ startMt: Int, _ blockMt: Int
+  ) -> Range<Int>? {
+    let start = pfn & ~(PageGeometry.pageblockPages - 1)
+    let end = start + PageGeometry.pageblockPages
+    guard start >= z.pointee.start, end <= z.pointee.end else { return nil }
+    let (free, movable) = pageblockFreeAndMovable(start, end)
+    var alike = 0
+    if startMt == MigrateType.movable.rawValue {
+      alike = movable
+    } else if blockMt == MigrateType.movable.rawValue {
+      alike = PageGeometry.pageblockPages - free - movable
+    }
+    return free + alike >= PageGeometry.pageblockPages / 2 ? start..<end : nil
+  }
+
+  /// `__move_freepages_block()` over `range`: every free block starting in it moves to the
+  /// list of `mt` of its order, from the list of `from` (nil: the list each block is on).
+  func moveFreeBlocks(_ z: UnsafeMutablePointer<Zone>, _ range: Range<Int>, from: Int?, to mt: Int) {
+    var p = range.lowerBound
+    while p < range.upperBound {
+      guard let r = memMap.record(p) else {
+        p += 1
+        continue
+      }
+      let w = r.pointee.flags.load(ordering: .relaxed)
+      if w & PG.buddy != 0 {
+        let o = PG.order(w)
+        let f = from ?? memMap.freeListTypeRaw(p)
+        if f != mt { moveFreeBlock(z, p, o, from: f, to: mt) }
+        p += 1 << o
+      } else {
+        p += 1
+      }
+    }
+  }
+
   /// `try_to_claim_block()`: a block of pageblock order or more is taken whole, its
   /// pageblocks retyped to `startMt` and split onto `startMt`'s lists (no
   /// mm_page_alloc_zone_locked: the kernel does not go through `__rmqueue_smallest()`). A
@@ -176,36 +219,10 @@ extension PageAllocator {
       expand(z, pfn, order, current, startMt)
       return pfn
     }
-    // Count the free pages of the pageblock and the movable ones (prep_move_freepages_block:
-    // PageLRU or page_has_movable_ops; with no LRU, only pages with movable owners, whose
-    // compound tails count with their head). A pageblock straddling the zone's edge is
-    // never claimed (prep_move_freepages_block() refuses it): re-typing it would strand the
-    // other zone's free blocks on lists of the old type.
-    let start = pfn & ~(PageGeometry.pageblockPages - 1)
-    let end = start + PageGeometry.pageblockPages
-    guard start >= z.pointee.start, end <= z.pointee.end else { return nil }
-    let (free, movable) = pageblockFreeAndMovable(start, end)
-    var alike = 0
-    if startMt == MigrateType.movable.rawValue {
-      alike = movable
-    } else if blockMt == MigrateType.movable.rawValue {
-      alike = PageGeometry.pageblockPages - free - movable
-    }
-    guard free + alike >= PageGeometry.pageblockPages / 2 else { return nil }
+    guard let block = claimablePageblock(z, pfn, startMt, blockMt) else { return nil }
     // __move_freepages_block(): move every free block of the pageblock, then re-type it.
-    var p = start
-    while p < end {
-      guard let r = memMap.record(p) else { p += 1; continue }
-      let w = r.pointee.flags.load(ordering: .relaxed)
-      if w & PG.buddy != 0 {
-        let o = PG.order(w)
-        moveFreeBlock(z, p, o, from: blockMt, to: startMt)
-        p += 1 << o
-      } else {
-        p += 1
-      }
-    }
-    memMap.setMigrateType(start, MigrateType(rawValue: startMt)!)
+    moveFreeBlocks(z, block, from: blockMt, to: startMt)
+    memMap.setMigrateType(block.lowerBound, MigrateType(rawValue: startMt)!)
     z.pointee.pageblocksClaimed = z.pointee.pageblocksClaimed + 1
     return rmqueueSmallest(z, order, startMt)
   }
